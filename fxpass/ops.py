@@ -1,0 +1,158 @@
+"""What the generated code of a compiled model calls.
+
+These names are part of every saved GraphModule (pickles refer to them by import path): keep them
+where they are.
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any, Callable
+
+import cloudpickle
+import torch
+import torch.fx
+import torch.nn as nn
+
+__all__ = ["ByValue", "Opaque", "call_with_overrides"]
+
+_MISSING = object()
+
+
+def _first_proxy(values: Any) -> torch.fx.Proxy | None:
+    found: list[torch.fx.Proxy] = []
+
+    def visit(value: Any) -> Any:
+        if not found and isinstance(value, torch.fx.Proxy):
+            found.append(value)
+        return value
+
+    torch.fx.node.map_aggregate(values, visit)
+    return found[0] if found else None
+
+
+def call_with_overrides(
+    module: nn.Module, overrides: dict[str, Any], args: tuple, kwargs: dict[str, Any]
+) -> Any:
+    """Call ``module(*args, **kwargs)`` with some of its tensors replaced for this call only.
+
+    fxpass emits this for a patched module (or the smallest module around it that reads its
+    tensors) whose forward must stay a call at run time: its forward depends on the training mode
+    (BatchNorm, dropout) or cannot be traced. The transforms are nodes of the graph; their results
+    come in through ``overrides``.
+
+    Args:
+        module: the module to call.
+        overrides: dotted attribute path (relative to ``module``) -> value seen during the call.
+        args: positional arguments of the call.
+        kwargs: keyword arguments of the call.
+
+    Returns:
+        Whatever the module returns.
+
+    Example:
+        >>> import torch, torch.nn as nn
+        >>> lin = nn.Linear(2, 1)
+        >>> x = torch.ones(1, 2)
+        >>> out = call_with_overrides(lin, {"weight": torch.zeros(1, 2), "bias": torch.ones(1)}, (x,), {})
+        >>> out.tolist(), torch.equal(lin(x), out)
+        ([[1.0]], False)
+    """
+    proxy = _first_proxy((overrides, args, kwargs))
+    if proxy is not None:  # torch.fx re-tracing the generated code (e.g. when unpickling)
+        return proxy.tracer.create_proxy(
+            "call_function", call_with_overrides, (module, overrides, args, kwargs), {}
+        )
+    saved: list[tuple[dict[str, Any], str, Any]] = []
+    try:
+        for path, value in overrides.items():
+            owner_path, _, attribute = path.rpartition(".")
+            owner = module.get_submodule(owner_path) if owner_path else module
+            # An instance attribute shadows both _parameters (reached through __getattr__) and a
+            # missing attribute: the forward reads `value`, and the real state stays untouched.
+            namespace = owner.__dict__
+            saved.append((namespace, attribute, namespace.get(attribute, _MISSING)))
+            namespace[attribute] = value
+        return module(*args, **kwargs)
+    finally:
+        for namespace, attribute, previous in reversed(saved):
+            if previous is _MISSING:
+                namespace.pop(attribute, None)
+            else:
+                namespace[attribute] = previous
+
+
+def _picklable_by_reference(fn: Callable) -> bool:
+    try:
+        pickle.dumps(fn)
+    except Exception:  # noqa: BLE001 - any failure means "not by reference"
+        return False
+    return True
+
+
+class ByValue:
+    """A callable that pickles the function it wraps by value (with cloudpickle).
+
+    fxpass wraps the local functions it finds among a copied module's hooks (torch's
+    ``weight_norm`` registers one), which plain pickle cannot save.
+
+    Args:
+        fn: the function to call.
+
+    Example:
+        >>> import pickle
+        >>> pickle.loads(pickle.dumps(ByValue(lambda x: x + 1)))(1)
+        2
+    """
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_loads, (cloudpickle.dumps(self.fn),))
+
+
+def _loads(payload: bytes) -> ByValue:
+    return ByValue(pickle.loads(payload))
+
+
+class Opaque(nn.Module):
+    """A transform that torch.fx cannot trace, kept as one call.
+
+    It pickles its function by reference when the function is importable and by value (with
+    cloudpickle) otherwise, so the compiled model stays pickleable either way.
+
+    Args:
+        fn: the transform, called with the raw tensor.
+
+    Example:
+        >>> import pickle, torch
+        >>> op = Opaque(lambda w: w if w.sum() > 0 else -w)
+        >>> pickle.loads(pickle.dumps(op))(torch.tensor([-2.0])).tolist()
+        [2.0]
+    """
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *args: Any) -> Any:
+        return self.fn(*args)
+
+    def extra_repr(self) -> str:
+        return getattr(self.fn, "__qualname__", repr(self.fn))
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        if not _picklable_by_reference(self.fn):
+            state = dict(state, fn=None, _fn_by_value=cloudpickle.dumps(self.fn))
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        by_value = state.pop("_fn_by_value", None)
+        if by_value is not None:
+            state["fn"] = pickle.loads(by_value)
+        super().__setstate__(state)

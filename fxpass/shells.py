@@ -1,0 +1,187 @@
+"""Copy a model's module tree into unpatched "shells" that share its tensors.
+
+The compiled GraphModule cannot hold a class-patched module (its class is a local class, which is
+what makes it unpicklable), so each patched module is replaced by an instance of the class below
+its patches: same ``__dict__`` (containers copied, tensors and child modules shared), minus the
+transform functions, which become graph nodes. Modules that are traced through, or that hold a
+patched module, are copied the same way so the tracer can watch them; any other module is shared
+as it is, as torch.fx shares leaf modules.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+from collections import OrderedDict
+from typing import Any, Callable
+
+import torch.nn as nn
+from torch.nn.modules.module import _WrappedHook
+
+from fxpass.ops import ByValue
+
+from fxpass.errors import UnsupportedPatchError
+from fxpass.patches import PatchStack, find_patch_stack, join_path
+
+__all__ = ["Patched", "ShellTree", "build_shells", "is_default_leaf"]
+
+
+@dataclasses.dataclass
+class Patched:
+    """A patched module of the model, as the compile sees it.
+
+    Attributes:
+        path: its path in the model (first path if it is reachable twice).
+        shell: the unpatched copy that the compiled model holds.
+        stack: its class patches.
+        transforms: transform attribute name -> the transform (function or module).
+    """
+
+    path: str
+    shell: nn.Module
+    stack: PatchStack
+    transforms: dict[str, Callable[..., Any]]
+
+    def has_attribute(self, attribute: str) -> bool:
+        """Whether the unpatched module has ``attribute`` at all (an Embedding has no bias)."""
+        shell = self.shell
+        return (
+            attribute in shell._parameters
+            or attribute in shell._buffers
+            or any(attribute in cls.__dict__ for cls in self.stack.base.__mro__)
+            or any(attribute in layer.attributes for layer in self.stack.layers if layer.kind == "parametrize")
+        )
+
+
+@dataclasses.dataclass
+class ShellTree:
+    """The copied tree.
+
+    Attributes:
+        root: the copy of the model (or the model itself when nothing needed copying).
+        shells: id -> shell, for every copied module.
+        patched: id(shell) -> description, for every patched module, in model order.
+        paths: id(shell) -> first path, for every copied module.
+    """
+
+    root: nn.Module
+    shells: dict[int, nn.Module]
+    patched: dict[int, Patched]
+    paths: dict[int, str]
+
+    def patched_under(self, module: nn.Module) -> list[Patched]:
+        """The patched modules in ``module``'s subtree (itself included), in model order."""
+        inside = {id(m) for m in module.modules()}
+        return [p for key, p in self.patched.items() if key in inside]
+
+
+def is_default_leaf(cls: type) -> bool:
+    """torch.fx's default leaf rule, applied to a class: torch.nn modules except Sequential."""
+    return cls.__module__.startswith(("torch.nn", "torch.ao.nn")) and not issubclass(
+        cls, nn.Sequential
+    )
+
+
+def _copy_value(value: Any) -> Any:
+    # Containers are copied so that nothing done to a shell reaches the input model.
+    if type(value) in (dict, OrderedDict, set, list):
+        return copy.copy(value)
+    return value
+
+
+def _local(fn: Any) -> bool:
+    return isinstance(fn, types.FunctionType) and "<locals>" in fn.__qualname__
+
+
+def _rebind_hooks(shell: nn.Module, namespace: dict[str, Any]) -> None:
+    """Point hooks that receive their module at the shell, and make local hook functions
+    pickleable, so the compiled model pickles wherever the runtime one needed only state_dict."""
+    for name, hooks in namespace.items():
+        if not (name.endswith("_hooks") and isinstance(hooks, dict)):
+            continue
+        for key, hook in hooks.items():
+            if isinstance(hook, _WrappedHook):
+                fn = ByValue(hook.hook) if _local(hook.hook) else hook.hook
+                hooks[key] = _WrappedHook(fn, shell if hook.with_module else None)
+            elif _local(hook):
+                hooks[key] = ByValue(hook)
+
+
+def build_shells(model: nn.Module) -> ShellTree:
+    """Copy ``model``'s tree as described in the module docstring; ``model`` is not modified."""
+    stacks: dict[int, PatchStack | None] = {}
+    has_patch: dict[int, bool] = {}
+    first_path: dict[int, str] = {}
+
+    def scan(module: nn.Module, path: str) -> bool:
+        key = id(module)
+        if key in has_patch:
+            return has_patch[key]
+        first_path[key] = path
+        stack = find_patch_stack(module, path)
+        stacks[key] = stack
+        has_patch[key] = False  # guards against cycles
+        found = stack is not None
+        for name, child in module._modules.items():
+            if child is not None:
+                found = scan(child, join_path(path, name)) or found
+        has_patch[key] = found
+        return found
+
+    scan(model, "")
+
+    shells: dict[int, nn.Module] = {}
+    patched: dict[int, Patched] = {}
+    paths: dict[int, str] = {}
+    memo: dict[int, nn.Module] = {}
+
+    def build(module: nn.Module, *, as_transform: bool = False) -> nn.Module:
+        key = id(module)
+        if key in memo:
+            return memo[key]
+        stack = stacks[key]
+        path = first_path[key]
+        if as_transform:
+            if has_patch[key]:
+                raise UnsupportedPatchError(
+                    f"{path}: a transform module that is itself patched, or holds a patched "
+                    "module, is not supported; patch the tensors it transforms instead"
+                )
+            memo[key] = module
+            return module
+        if stack is None and not has_patch[key] and is_default_leaf(type(module)):
+            memo[key] = module
+            return module
+        cls = stack.base if stack is not None else type(module)
+        shell = cls.__new__(cls)
+        namespace = {k: _copy_value(v) for k, v in module.__dict__.items()}
+        transforms: dict[str, Callable[..., Any]] = {}
+        transform_names = stack.transform_attributes() if stack is not None else ()
+        for name in transform_names:
+            if name in namespace["_modules"]:
+                transforms[name] = namespace["_modules"][name]
+            elif name in namespace:
+                transforms[name] = namespace.pop(name)
+            else:
+                raise UnsupportedPatchError(
+                    f"{path or 'the model'} ({cls.__name__}): its patch reads the transform "
+                    f"attribute {name!r}, which the module does not have"
+                )
+        _rebind_hooks(shell, namespace)
+        shell.__dict__.update(namespace)
+        memo[key] = shell
+        shells[id(shell)] = shell
+        paths[id(shell)] = path
+        if stack is not None:
+            patched[id(shell)] = Patched(path, shell, stack, transforms)
+        children = shell._modules
+        for name, child in children.items():
+            if child is not None:
+                children[name] = build(child, as_transform=name in transform_names)
+        return shell
+
+    # build() walks the tree depth first, parents before children, each module once at its first
+    # path: the order of named_modules().
+    root = build(model)
+    return ShellTree(root=root, shells=shells, patched=patched, paths=paths)

@@ -1,0 +1,358 @@
+"""The tracer: torch.fx's Tracer, watching patched attributes and the training mode.
+
+While tracing, every copied module (see :mod:`fxpass.shells`) wears a tracing subclass of its own
+class. Its patched attributes are properties that emit ``get_attr`` of the raw tensor followed by
+the transforms as nodes, once per read, in the order the forward reads them; its ``training`` is a
+property that notes the read. A module whose forward reads the mode (BatchNorm, dropout) or cannot
+be traced is not traced into the graph: its nodes are rolled back and it stays a call at run time,
+with the transformed tensors computed by graph nodes and passed in for the call
+(:func:`fxpass.ops.call_with_overrides`). Tracing through a mode-dependent forward would bake the
+current mode into the graph.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import inspect
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.fx
+import torch.nn as nn
+
+from fxpass.errors import FxpassError, UnsupportedPatchError, UntraceableModelError
+from fxpass.ops import call_with_overrides
+from fxpass.patches import join_path
+from fxpass.record import KeptCall, Rewrite
+from fxpass.shells import Patched, ShellTree, is_default_leaf
+from fxpass.transforms import Untraceable, describe, emit_transform, refuse_autograd_functions
+
+__all__ = ["PatchTracer"]
+
+_TRACER_KEY = "_fxpass_tracer"
+
+
+@dataclasses.dataclass
+class _Scope:
+    """One module forward being traced."""
+
+    module: nn.Module
+    path: str
+    reads_training: bool = False
+    reads: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Mark:
+    node: torch.fx.Node | None
+    rewrites: int
+    kept: int
+
+
+def _tracer_of(module: nn.Module) -> PatchTracer:
+    return module.__dict__[_TRACER_KEY]
+
+
+def _get_training(self: nn.Module) -> bool:
+    tracer = self.__dict__.get(_TRACER_KEY)
+    if tracer is not None:
+        tracer.note_training_read()
+    return self.__dict__["training"]
+
+
+def _set_training(self: nn.Module, mode: bool) -> None:
+    self.__dict__["training"] = mode
+
+
+def _patched_property(attribute: str) -> property:
+    def get(self: nn.Module) -> Any:
+        return _tracer_of(self).read_patched(self, attribute)
+
+    return property(get)
+
+
+_TRACING_CLASSES: dict[tuple[type, tuple[str, ...]], type] = {}
+
+
+def _tracing_class(base: type, attributes: tuple[str, ...]) -> type:
+    key = (base, attributes)
+    cls = _TRACING_CLASSES.get(key)
+    if cls is None:
+        namespace: dict[str, Any] = {"training": property(_get_training, _set_training)}
+        namespace.update({a: _patched_property(a) for a in attributes})
+        namespace["__module__"] = base.__module__
+        cls = type(base.__name__, (base,), namespace)
+        _TRACING_CLASSES[key] = cls
+    return cls
+
+
+class PatchTracer(torch.fx.Tracer):
+    """A torch.fx Tracer over a :class:`~fxpass.shells.ShellTree`.
+
+    Args:
+        tree: the copied module tree to trace.
+    """
+
+    def __init__(self, tree: ShellTree) -> None:
+        super().__init__()
+        self.tree = tree
+        self.rewrites: list[Rewrite] = []
+        self.kept: list[KeptCall] = []
+        self._scopes: list[_Scope] = []
+        self._tensor_names: dict[int, str] = {}
+
+    # -- entry point -------------------------------------------------------------------------
+
+    def trace_tree(self, concrete_args: dict[str, Any] | None = None) -> torch.fx.Graph:
+        """Trace the tree's root; the tree's classes are restored whatever happens."""
+        root = self.tree.root
+        self._tensor_names = {}
+        for name, tensor in [*root.named_parameters(), *root.named_buffers()]:
+            self._tensor_names.setdefault(id(tensor), name)
+        scope = _Scope(root, "")
+        with self._dressed(), refuse_autograd_functions():
+            self._scopes.append(scope)
+            try:
+                graph = self.trace(root, concrete_args)
+            except FxpassError:
+                raise
+            except Exception as error:
+                raise UntraceableModelError(
+                    f"torch.fx cannot trace the forward of the model ({type(root).__name__}): "
+                    f"{type(error).__name__}: {error}. Pass concrete_args for the arguments that "
+                    "steer its control flow, or move the untraceable code into a submodule (a "
+                    "submodule that fails to trace is kept as a call)"
+                ) from error
+            finally:
+                self._scopes.pop()
+        for node in graph.nodes:
+            # `from __future__ import annotations` leaves strings here, which the generated code
+            # would import by name when the GraphModule is pickled.
+            if isinstance(node.type, str):
+                node.type = None
+        if scope.reads_training:
+            raise UntraceableModelError(
+                f"the forward of the model ({type(root).__name__}) reads self.training, so its "
+                "graph would be fixed to the current mode; move the mode-dependent code into a "
+                "submodule (fxpass keeps such submodules as calls) or use nn.Dropout modules"
+            )
+        return graph
+
+    @contextlib.contextmanager
+    def _dressed(self) -> Iterator[None]:
+        """Give every shell its tracing class for the duration of the trace."""
+        dressed: list[tuple[nn.Module, type]] = []
+        try:
+            for key, shell in self.tree.shells.items():
+                patched = self.tree.patched.get(key)
+                attributes = patched.stack.attributes if patched is not None else ()
+                dressed.append((shell, type(shell)))
+                shell.__class__ = _tracing_class(type(shell), attributes)
+                shell.__dict__[_TRACER_KEY] = self
+            yield
+        finally:
+            for shell, cls in dressed:
+                shell.__class__ = cls
+                shell.__dict__.pop(_TRACER_KEY, None)
+
+    # -- rollback ----------------------------------------------------------------------------
+
+    def mark(self) -> _Mark:
+        """Remember the current end of the graph and of the record."""
+        last = next(iter(reversed(self.graph.nodes)), None)
+        return _Mark(last, len(self.rewrites), len(self.kept))
+
+    def rollback(self, mark: _Mark) -> None:
+        """Erase every node and record entry added since ``mark``."""
+        for node in list(reversed(self.graph.nodes)):
+            if node is mark.node:
+                break
+            self.graph.erase_node(node)
+        del self.rewrites[mark.rewrites :]
+        del self.kept[mark.kept :]
+
+    # -- hooks of torch.fx.Tracer ------------------------------------------------------------
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return id(m) not in self.tree.shells
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
+        # torch.fx searches named_parameters() on every access (quadratic in model size) and
+        # caches proxies across a rollback; look the name up by identity instead.
+        if isinstance(attr_val, torch.Tensor):
+            name = self._tensor_names.get(id(attr_val))
+            if name is not None:
+                return self.create_proxy("get_attr", name, (), {})
+        return attr_val
+
+    def create_arg(self, a: Any) -> Any:
+        if isinstance(a, torch.Tensor):
+            name = self._tensor_names.get(id(a))
+            if name is not None:
+                return self.create_node("get_attr", name, (), {})
+        return super().create_arg(a)
+
+    def call_module(
+        self,
+        m: nn.Module,
+        forward: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        if id(m) not in self.tree.shells:
+            return super().call_module(m, forward, args, kwargs)
+        path = self.tree.paths[id(m)]
+        scope = _Scope(m, path)
+        mark = self.mark()
+        stack_depth = len(self.module_stack)
+        failure: Exception | None = None
+        self._scopes.append(scope)
+        try:
+            out = super().call_module(m, forward, args, kwargs)
+        except FxpassError:
+            raise
+        except Exception as error:  # noqa: BLE001 - an untraceable forward is kept as a call
+            failure = error
+        finally:
+            self._scopes.pop()
+        if failure is None and not scope.reads_training:
+            self._scopes[-1].reads.update(scope.reads)
+            return out
+        self.rollback(mark)
+        while len(self.module_stack) > stack_depth:
+            self.module_stack.popitem(last=True)
+        if failure is not None:
+            reason = f"its forward cannot be traced ({type(failure).__name__}: {failure})"
+        else:
+            reason = "its forward reads self.training"
+        return self._keep_call(m, path, args, kwargs, reason, scope if failure is None else None)
+
+    # -- patched attributes ------------------------------------------------------------------
+
+    def note_training_read(self) -> None:
+        """Called by a shell's ``training`` property."""
+        if self._scopes:
+            self._scopes[-1].reads_training = True
+
+    def read_patched(self, shell: nn.Module, attribute: str) -> Any:
+        """Emit the nodes computing ``shell.<attribute>`` as the runtime patch would."""
+        patched = self.tree.patched[id(shell)]
+        if not patched.has_attribute(attribute):
+            raise AttributeError(f"'{patched.stack.base.__name__}' object has no attribute '{attribute}'")
+        if self._scopes:
+            self._scopes[-1].reads[(patched.path, attribute)] += 1
+        return self._value(patched, attribute, len(patched.stack.layers) - 1)
+
+    def _value(self, patched: Patched, attribute: str, top: int) -> Any:
+        layers = patched.stack.layers
+        index = next((i for i in range(top, -1, -1) if attribute in layers[i].attributes), None)
+        if index is None:
+            return self._raw(patched, attribute)
+        layer = layers[index]
+        transform = layer.transform_attribute(attribute)
+        if layer.kind == "parametrize":
+            mark = self.mark()
+            out = self.create_proxy("call_module", join_path(patched.path, transform), (), {})
+            self._record(patched, attribute, transform, "module", mark)
+            return out
+        previous = self._value(patched, attribute, index - 1)
+        if previous is None and layer.kind == "imitate":
+            return None  # imitation_runtime never calls a transform on a missing bias
+        mark = self.mark()
+        out, how = emit_transform(self, patched, transform, previous)
+        self._record(patched, attribute, transform, how, mark)
+        return out
+
+    def _record(self, patched: Patched, attribute: str, transform: str, how: str, mark: _Mark) -> None:
+        nodes: list[str] = []
+        for node in reversed(self.graph.nodes):
+            if node is mark.node:
+                break
+            nodes.append(node.name)
+        thing = patched.transforms.get(transform)
+        if thing is None:  # a parametrization
+            thing = patched.shell.get_submodule(transform)
+        self.rewrites.append(
+            Rewrite(patched.path, attribute, transform, how, describe(thing), tuple(reversed(nodes)))  # type: ignore[arg-type]
+        )
+
+    def _raw(self, patched: Patched, attribute: str) -> Any:
+        shell = patched.shell
+        for cls in patched.stack.base.__mro__:
+            if attribute in cls.__dict__:
+                descriptor = inspect.getattr_static(patched.stack.base, attribute)
+                return descriptor.__get__(shell, patched.stack.base)
+        tensor = shell._parameters.get(attribute, shell._buffers.get(attribute))
+        if tensor is None:
+            return None
+        return self.create_proxy("get_attr", join_path(patched.path, attribute), (), {})
+
+    # -- modules kept as calls ---------------------------------------------------------------
+
+    def _keep_call(
+        self,
+        m: nn.Module,
+        path: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        reason: str,
+        traced: _Scope | None,
+    ) -> Any:
+        inside = self.tree.patched_under(m)
+        if not inside:
+            self.kept.append(KeptCall(path, reason, ()))
+            return self.create_proxy("call_module", path, args, kwargs)
+        self._check_once_per_call(m, path, inside, reason, traced)
+        overrides: dict[str, Any] = {}
+        for patched in inside:
+            relative = patched.path[len(path) + 1 :] if path else patched.path
+            for attribute in patched.stack.attributes:
+                if not patched.has_attribute(attribute):
+                    continue
+                value = self.read_patched(patched.shell, attribute)
+                if value is not None:
+                    overrides[join_path(relative, attribute)] = value
+        self.kept.append(KeptCall(path, reason, tuple(overrides)))
+        module = self.create_proxy("get_attr", path, (), {}) if path else None
+        if module is None:
+            raise UntraceableModelError(f"the model itself cannot be kept as a call: {reason}")
+        return self.create_proxy(
+            "call_function", call_with_overrides, (module, overrides, tuple(args), dict(kwargs)), {}
+        )
+
+    def _check_once_per_call(
+        self, m: nn.Module, path: str, inside: list[Patched], reason: str, traced: _Scope | None
+    ) -> None:
+        """A kept call evaluates each transform once per call; the runtime evaluates it at each
+        read. Only a stateful (module) transform can tell the two apart: refuse when its reads
+        are not known to be exactly one per call."""
+        for patched in inside:
+            for attribute in patched.stack.attributes:
+                if not patched.has_attribute(attribute) or not self._stateful(patched, attribute):
+                    continue
+                where = join_path(patched.path, attribute)
+                if traced is not None:
+                    reads = traced.reads[(patched.path, attribute)]
+                    if reads == 1:
+                        continue
+                    detail = f"its forward reads {where} {reads} times per call"
+                elif is_default_leaf(type(m)):
+                    continue  # torch.nn modules read each of their tensors once per call
+                else:
+                    detail = f"how often it reads {where} is unknown"
+                raise UnsupportedPatchError(
+                    f"{path} ({type(m).__name__}) must stay a call because {reason}, but {detail} "
+                    "and that tensor has a stateful (module) transform, which fxpass can then only "
+                    "evaluate once per call; make the forward traceable (concrete_args) or read the "
+                    "tensor once"
+                )
+
+    def _stateful(self, patched: Patched, attribute: str) -> bool:
+        for layer in patched.stack.layers:
+            if attribute in layer.attributes:
+                transform = patched.transforms.get(layer.transform_attribute(attribute))
+                if isinstance(transform, nn.Module):
+                    return True
+        return False

@@ -1,0 +1,348 @@
+"""The built-in model zoo: class-patched models that exercise every path of the pass.
+
+Each entry builds a fresh model (seeded) and example inputs. The command line runs the zoo and the
+tests parametrize over it. Entries that need an optional package (qsparse) say so in ``requires``.
+Classes and transforms live at module level so compiled models pickle by reference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.utils import parametrizations, parametrize
+
+from imitation_runtime import imitate
+
+__all__ = ["ZooEntry", "ZOO", "entries", "get"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ZooEntry:
+    """One model of the zoo.
+
+    Attributes:
+        name: short identifier.
+        build: returns ``(model, example_inputs)``; seeded, so two calls build equal models.
+        description: one line for tables.
+        requires: importable packages the entry needs.
+        stateful: whether some transform keeps state that changes when the model runs.
+    """
+
+    name: str
+    build: Callable[[], tuple[nn.Module, tuple[torch.Tensor, ...]]]
+    description: str
+    requires: tuple[str, ...] = ()
+    stateful: bool = False
+
+    def missing(self) -> tuple[str, ...]:
+        """The required packages that are not installed."""
+        return tuple(p for p in self.requires if importlib.util.find_spec(p) is None)
+
+
+# -- transforms ----------------------------------------------------------------------------------
+
+
+def soft_clip(w: torch.Tensor) -> torch.Tensor:
+    """An importable, traceable transform."""
+    return torch.tanh(w) * 0.9
+
+
+def scaled(factor: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A closure: traced and inlined, the factor becomes a constant of the graph."""
+    return lambda w: w * factor
+
+
+def normalized_or_doubled(threshold: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A closure with data-dependent control flow: torch.fx cannot trace it (opaque)."""
+
+    def transform(w: torch.Tensor) -> torch.Tensor:
+        if w.abs().max() > threshold:
+            return w / w.abs().max()
+        return w * 2
+
+    return transform
+
+
+class RoundSTE(torch.autograd.Function):
+    """Rounding with a straight-through gradient: an autograd.Function (opaque)."""
+
+    @staticmethod
+    def forward(ctx: object, w: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return torch.round(w * 16) / 16
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return grad
+
+
+def round_ste(w: torch.Tensor) -> torch.Tensor:
+    return RoundSTE.apply(w)
+
+
+class LearnedScale(nn.Module):
+    """A stateful transform: a trainable per-row scale, created lazily on the first call, and a
+    counter of training-mode calls that drives a noise-free, step-dependent shrink."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+        self.scale: nn.Parameter | None = None
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if self.scale is None:
+            self.scale = nn.Parameter(torch.ones(w.shape[0], *([1] * (w.dim() - 1))))
+        if self.training:
+            self.calls += 1
+        shrink = 1.0 / (1.0 + 0.1 * self.calls.to(w.dtype))
+        return w * self.scale * shrink
+
+
+class Symmetric(nn.Module):
+    """A custom parametrization."""
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w.triu() + w.triu(1).transpose(-1, -2)
+
+
+# -- models --------------------------------------------------------------------------------------
+
+
+class MLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            imitate(nn.Linear(8, 16), "clip", soft_clip),
+            nn.ReLU(),
+            imitate(nn.Linear(16, 16), "halve", scaled(0.5), scaled(2.0)),
+            nn.GELU(),
+            nn.Linear(16, 4),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class ConvBN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = imitate(nn.Conv2d(3, 8, 3, padding=1), "clip", soft_clip)
+        self.bn1 = imitate(nn.BatchNorm2d(8), "shift", scaled(1.5), scaled(0.5))
+        self.conv2 = imitate(nn.Conv2d(8, 8, 3, stride=2), "halve", scaled(0.5))
+        self.bn2 = nn.BatchNorm2d(8)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.bn2(self.conv2(x)))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+class Depthwise(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.depthwise = imitate(nn.Conv2d(6, 6, 3, padding=1, groups=6), "clip", soft_clip)
+        self.pointwise = imitate(nn.Conv2d(6, 4, 1), "halve", scaled(0.5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pointwise(F.relu(self.depthwise(x)))
+
+
+class NoBias(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = imitate(nn.Linear(6, 6, bias=False), "clip", soft_clip, scaled(3.0))
+        self.out = imitate(nn.Linear(6, 2), "halve", scaled(0.5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.tanh(self.fc(x)))
+
+
+class TiedEmbedding(nn.Module):
+    """An embedding whose weight is also the output head's (one Parameter, two modules)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(20, 8)
+        self.mix = imitate(nn.Linear(8, 8), "halve", scaled(0.5))
+        self.head = nn.Linear(8, 20, bias=False)
+        self.head.weight = self.embed.weight  # tie first, then patch both
+        imitate(self.embed, "clip", soft_clip)
+        imitate(self.head, "twice", scaled(2.0))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.mix(self.embed(tokens)))
+        # reads the patched embedding's weight from outside its forward
+        logits = self.head(h) + F.linear(h, self.embed.weight)
+        return logits
+
+
+class TransformerBlock(nn.Module):
+    """nn.MultiheadAttention reads out_proj.weight in its own forward, never calling out_proj."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm1 = imitate(nn.LayerNorm(16), "clip", soft_clip)
+        self.attn = nn.MultiheadAttention(16, 4, dropout=0.1, batch_first=True)
+        imitate(self.attn.out_proj, "halve", scaled(0.5))
+        self.norm2 = nn.LayerNorm(16)
+        self.ff1 = imitate(nn.Linear(16, 32), "clip", soft_clip)
+        self.ff2 = imitate(nn.Linear(32, 16), "halve", scaled(0.5))
+        self.drop = nn.Dropout(0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm1(x)
+        a, _ = self.attn(h, h, h, need_weights=False)
+        x = x + self.drop(a)
+        return x + self.ff2(F.gelu(self.ff1(self.norm2(x))))
+
+
+class CalledTwice(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.shared = imitate(nn.Linear(5, 5), "scale", LearnedScale())
+        self.out = nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.shared(torch.relu(self.shared(x))))
+
+
+class TwoReads(nn.Module):
+    """A custom module whose forward reads its (statefully transformed) weight twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(4, 4) * 0.3)
+        self.bias = nn.Parameter(torch.zeros(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight.t() + self.bias + self.weight.pow(2).sum()
+
+
+class TwoReadsModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = imitate(TwoReads(), "scale", LearnedScale())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+class Stacked(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        fc = imitate(nn.Linear(6, 6), "plus", lambda w: w + 0.25)
+        self.fc = imitate(imitate(fc, "clip", soft_clip), "halve", scaled(0.5), scaled(4.0))
+        self.out = nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.fc(x)))
+
+
+class StatefulTransform(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = imitate(nn.Linear(6, 8), "scale", LearnedScale(), LearnedScale())
+        self.fc2 = imitate(nn.Linear(8, 3), "scale", LearnedScale())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+class Untraceable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = imitate(nn.Linear(6, 8), "norm", normalized_or_doubled(0.3))
+        self.fc2 = imitate(nn.Linear(8, 3), "round", round_ste)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+class Parametrized(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sym = nn.Linear(6, 6)
+        parametrize.register_parametrization(self.sym, "weight", Symmetric())
+        self.ortho = parametrizations.orthogonal(nn.Linear(6, 6))
+        self.wn = parametrizations.weight_norm(nn.Linear(6, 4))
+        # imitate on top of a parametrized module
+        self.both = nn.Linear(4, 4)
+        parametrize.register_parametrization(self.both, "weight", Symmetric(), unsafe=True)
+        imitate(self.both, "halve", scaled(0.5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.both(torch.tanh(self.wn(self.ortho(self.sym(x)))))
+
+
+class QsparseNet(nn.Module):
+    """qsparse's own imitate: quantize(prune(conv)), with short schedules so state moves fast."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from qsparse import prune, quantize
+        from qsparse import set_qsparse_options
+
+        set_qsparse_options(log_on_created=False)
+        self.conv = quantize(
+            prune(nn.Conv2d(3, 6, 3), sparsity=0.5, start=1, interval=1, repetition=2),
+            bits=6,
+            timeout=2,
+        )
+        self.fc = quantize(nn.Linear(6, 4), bits=8, timeout=2, channelwise=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv(x))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def _seeded(cls: type[nn.Module], *shape: int, tokens: int | None = None) -> Callable:
+    def build() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+        generator = torch.Generator().manual_seed(0)
+        torch.manual_seed(0)
+        model = cls()
+        if tokens is not None:
+            x = torch.randint(0, tokens, shape, generator=generator)
+        else:
+            x = torch.randn(*shape, generator=generator)
+        return model, (x,)
+
+    return build
+
+
+ZOO: tuple[ZooEntry, ...] = (
+    ZooEntry("mlp", _seeded(MLP, 4, 8), "MLP, importable and closure transforms"),
+    ZooEntry("cnn_bn", _seeded(ConvBN, 2, 3, 8, 8), "conv + imitated BatchNorm"),
+    ZooEntry("depthwise", _seeded(Depthwise, 2, 6, 6, 6), "depthwise + pointwise conv"),
+    ZooEntry("no_bias", _seeded(NoBias, 3, 6), "Linear(bias=False) with a bias transform"),
+    ZooEntry("tied_embedding", _seeded(TiedEmbedding, 2, 7, tokens=20), "embedding tied to the head"),
+    ZooEntry("transformer", _seeded(TransformerBlock, 2, 5, 16), "MultiheadAttention out_proj, LayerNorm"),
+    ZooEntry("called_twice", _seeded(CalledTwice, 3, 5), "one module called twice", stateful=True),
+    ZooEntry("two_reads", _seeded(TwoReadsModel, 3, 4), "a forward reading its weight twice", stateful=True),
+    ZooEntry("stacked", _seeded(Stacked, 3, 6), "three imitations on one Linear"),
+    ZooEntry("stateful", _seeded(StatefulTransform, 3, 6), "lazy, trainable module transforms", stateful=True),
+    ZooEntry("untraceable", _seeded(Untraceable, 3, 6), "data-dependent closure, autograd.Function"),
+    ZooEntry("parametrized", _seeded(Parametrized, 3, 6), "parametrize: custom, orthogonal, weight_norm"),
+    ZooEntry("qsparse", _seeded(QsparseNet, 2, 3, 6, 6), "qsparse quantize(prune(conv))", ("qsparse",), True),
+)
+
+
+def entries() -> tuple[ZooEntry, ...]:
+    """Every zoo entry, in a stable order."""
+    return ZOO
+
+
+def get(name: str) -> ZooEntry:
+    """The zoo entry called ``name``.
+
+    Raises:
+        KeyError: no such entry; the message lists the names.
+    """
+    for entry in ZOO:
+        if entry.name == name:
+            return entry
+    raise KeyError(f"no zoo model {name!r}; choose one of {', '.join(e.name for e in ZOO)}")
