@@ -1,0 +1,44 @@
+"""Helpers for tests: the model zoo as pytest params, and snapshots that prove a model was left
+untouched."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+import torch.nn as nn
+
+from fxpass import zoo
+
+
+def zoo_params() -> list[Any]:
+    """One pytest param per zoo entry, skipped when its optional package is absent."""
+    params = []
+    for entry in zoo.entries():
+        missing = entry.missing()
+        marks = [pytest.mark.skip(reason=f"needs {', '.join(missing)}")] if missing else []
+        params.append(pytest.param(entry, id=entry.name, marks=marks))
+    return params
+
+
+def snapshot(model: nn.Module) -> dict[str, Any]:
+    """Everything compile must leave as it was: classes, attribute names, tensor identities and
+    values, the module tree."""
+    return {
+        "modules": [(name, type(m), tuple(m.__dict__), tuple(m._modules)) for name, m in model.named_modules()],
+        "tensors": [
+            (name, id(t), t.detach().clone())
+            for name, t in [*model.named_parameters(), *model.named_buffers()]
+        ],
+        "training": [m.training for m in model.modules()],
+    }
+
+
+def assert_same_snapshot(before: dict[str, Any], after: dict[str, Any]) -> None:
+    assert before["modules"] == after["modules"]
+    assert before["training"] == after["training"]
+    assert len(before["tensors"]) == len(after["tensors"])
+    for (name, ident, value), (name2, ident2, value2) in zip(before["tensors"], after["tensors"]):
+        assert (name, ident) == (name2, ident2)
+        assert torch.equal(value, value2), name

@@ -1,0 +1,367 @@
+"""fxpass.compile: every guarantee of the pass, each a test over the model zoo.
+
+Parity claims here are bitwise (torch.equal) unless a test's name says otherwise.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torch.fx
+import torch.nn as nn
+
+import fxpass
+from fxpass import zoo
+from imitation_runtime import imitate, is_imitated
+from tests.support import assert_same_snapshot, snapshot, zoo_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run_python(*args: str, cwd: Path) -> None:
+    """Run Python in a fresh process that imports this checkout (installed or not)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    subprocess.run([sys.executable, *args], check=True, cwd=cwd, env=env, timeout=300)
+MODE_SEQUENCE = ("train", "eval", "train")
+
+
+def _pair(entry: zoo.ZooEntry, compile_mode: str = "train"):
+    """(runtime model, compiled model, inputs): independent models with equal state."""
+    runtime, inputs = entry.build()
+    runtime.train(compile_mode == "train")
+    gm = fxpass.compile(copy.deepcopy(runtime))
+    return runtime, gm, inputs
+
+
+def _forward(model: nn.Module, inputs, seed: int = 0) -> torch.Tensor:
+    torch.manual_seed(seed)  # dropout draws the same numbers in both models
+    return model(*inputs)
+
+
+def _sgd_step(model: nn.Module, lr: float = 0.05) -> None:
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.grad is not None:
+                p -= lr * p.grad
+                p.grad = None
+
+
+def _assert_grads_equal(runtime: nn.Module, gm: nn.Module) -> None:
+    grads = [(n, p.grad) for n, p in runtime.named_parameters()]
+    grads2 = [(n, p.grad) for n, p in gm.named_parameters()]
+    assert [n for n, _ in grads] == [n for n, _ in grads2]
+    for (name, g), (_, g2) in zip(grads, grads2):
+        assert (g is None) == (g2 is None), name
+        if g is not None:
+            assert torch.equal(g, g2), name
+
+
+def _assert_state_equal(runtime: nn.Module, gm: nn.Module) -> None:
+    state, state2 = runtime.state_dict(), gm.state_dict()
+    assert list(state) == list(state2)
+    for key in state:
+        assert torch.equal(state[key], state2[key]), key
+
+
+@pytest.mark.parametrize("compile_mode", ["train", "eval"])
+@pytest.mark.parametrize("entry", zoo_params())
+def test_outputs_bitwise_in_every_mode(entry: zoo.ZooEntry, compile_mode: str) -> None:
+    runtime, gm, inputs = _pair(entry, compile_mode)
+    for mode in MODE_SEQUENCE:
+        runtime.train(mode == "train")
+        gm.train(mode == "train")
+        assert torch.equal(_forward(runtime, inputs), _forward(gm, inputs)), mode
+
+
+@pytest.mark.parametrize("entry", zoo_params())
+def test_gradients_of_raw_parameters_bitwise(entry: zoo.ZooEntry) -> None:
+    runtime, gm, inputs = _pair(entry)
+    _forward(runtime, inputs).float().square().sum().backward()
+    _forward(gm, inputs).float().square().sum().backward()
+    assert any(p.grad is not None for p in runtime.parameters())
+    _assert_grads_equal(runtime, gm)
+
+
+@pytest.mark.parametrize("entry", zoo_params())
+def test_state_dict_and_parameter_names_match_raw(entry: zoo.ZooEntry) -> None:
+    runtime, gm, inputs = _pair(entry)
+    _assert_state_equal(runtime, gm)
+    names = [n for n, _ in runtime.named_parameters()]
+    assert names == [n for n, _ in gm.named_parameters()]
+    # the optimizer state of one loads into the other (after a forward each: lazy transforms
+    # create their parameters on the first call)
+    _forward(gm, inputs)
+    _forward(runtime, inputs).float().sum().backward()
+    opt = torch.optim.Adam(runtime.parameters())
+    opt.step()
+    torch.optim.Adam(gm.parameters()).load_state_dict(opt.state_dict())
+    # and the runtime model's state_dict loads into the compiled one
+    gm.load_state_dict(runtime.state_dict())
+    _assert_state_equal(runtime, gm)
+
+
+@pytest.mark.parametrize("warm_up", [False, True], ids=["fresh", "after_forward"])
+@pytest.mark.parametrize("entry", zoo_params())
+def test_optimizer_steps_side_by_side(entry: zoo.ZooEntry, warm_up: bool) -> None:
+    runtime, inputs = entry.build()
+    if warm_up:  # compile after the model ran: lazy transform state already exists
+        _forward(runtime, inputs)
+    gm = fxpass.compile(copy.deepcopy(runtime))
+    for step, mode in enumerate(("train", "train", "eval", "train", "train")):
+        runtime.train(mode == "train")
+        gm.train(mode == "train")
+        out, out2 = _forward(runtime, inputs, step), _forward(gm, inputs, step)
+        assert torch.equal(out, out2), (step, mode)
+        out.float().square().mean().backward()
+        out2.float().square().mean().backward()
+        _assert_grads_equal(runtime, gm)
+        _sgd_step(runtime)
+        _sgd_step(gm)
+        _assert_state_equal(runtime, gm)
+
+
+@pytest.mark.parametrize("entry", zoo_params())
+def test_pickle_and_torch_save_round_trips(entry: zoo.ZooEntry) -> None:
+    runtime, gm, inputs = _pair(entry)
+    _forward(runtime, inputs)
+    _forward(gm, inputs)
+    buffer = io.BytesIO()
+    torch.save(gm, buffer)
+    buffer.seek(0)
+    for loaded in (pickle.loads(pickle.dumps(gm)), torch.load(buffer, weights_only=False)):
+        assert isinstance(loaded, torch.fx.GraphModule)
+        _assert_state_equal(gm, loaded)
+        reference = copy.deepcopy(runtime)  # the state both had when gm was saved
+        for mode in MODE_SEQUENCE:
+            reference.train(mode == "train")
+            loaded.train(mode == "train")
+            assert torch.equal(_forward(loaded, inputs), _forward(reference, inputs)), mode
+        _assert_state_equal(reference, loaded)
+
+
+def test_saved_models_load_in_a_fresh_process(tmp_path: Path) -> None:
+    expected = {}
+    for entry in zoo.entries():
+        if entry.missing():
+            continue
+        runtime, gm, inputs = _pair(entry)
+        runtime.eval()
+        expected[entry.name] = runtime(*inputs)
+        torch.save({"model": gm, "inputs": inputs}, tmp_path / f"{entry.name}.pt")
+    script = textwrap.dedent(
+        """
+        import sys, torch
+        from pathlib import Path
+        out = {}
+        for path in sorted(Path(sys.argv[1]).glob("*.pt")):
+            saved = torch.load(path, weights_only=False)
+            model = saved["model"].eval()
+            out[path.stem] = model(*saved["inputs"])
+        torch.save(out, Path(sys.argv[1]) / "outputs.bin")
+        """
+    )
+    _run_python("-c", script, str(tmp_path), cwd=tmp_path)
+    outputs = torch.load(tmp_path / "outputs.bin")
+    assert set(outputs) == set(expected)
+    for name, value in expected.items():
+        assert torch.equal(outputs[name], value), name
+
+
+@pytest.mark.parametrize("entry", zoo_params())
+def test_graph_lints_and_holds_no_patched_class(entry: zoo.ZooEntry) -> None:
+    runtime, gm, _ = _pair(entry)
+    gm.graph.lint()
+    for name, module in gm.named_modules():
+        assert "<locals>" not in type(module).__qualname__ or isinstance(module, torch.fx.GraphModule), name
+    assert not [n for n in gm.graph.nodes if n.op == "get_attr" and "_tensor_constant" in n.target]
+    record = fxpass.record_of(gm)
+    patched = [n for n, m in runtime.named_modules() if fxpass.patches.find_patch_stack(m) is not None]
+    assert list(record.patched_modules) == patched
+
+
+@pytest.mark.parametrize("entry", zoo_params())
+def test_input_model_untouched(entry: zoo.ZooEntry) -> None:
+    model, inputs = entry.build()
+    before = snapshot(model)
+    gm = fxpass.compile(model)
+    assert_same_snapshot(before, snapshot(model))
+    # the compiled model shares the tensors, as torch.fx does
+    runtime_ids = {id(p) for p in model.parameters()}
+    assert all(id(p) in runtime_ids for p in gm.parameters())
+
+
+# -- what each zoo model exercises ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "counts", "kept"),
+    [
+        ("mlp", {"inlined": 4, "module": 0, "opaque": 0}, []),
+        ("cnn_bn", {"inlined": 6, "module": 0, "opaque": 0}, ["bn1"]),
+        ("transformer", {"inlined": 8, "module": 0, "opaque": 0}, ["attn"]),
+        ("two_reads", {"inlined": 1, "module": 2, "opaque": 0}, []),
+        ("called_twice", {"inlined": 2, "module": 2, "opaque": 0}, []),
+        ("untraceable", {"inlined": 2, "module": 0, "opaque": 2}, []),
+        ("parametrized", {"inlined": 2, "module": 4, "opaque": 0}, []),
+    ],
+)
+def test_record_says_how_each_transform_was_emitted(name: str, counts, kept) -> None:
+    model, _ = zoo.get(name).build()
+    record = fxpass.record_of(fxpass.compile(model))
+    assert record.counts() == counts
+    assert [k.module for k in record.kept_calls] == kept
+    table = record.table()
+    assert "module" in table and "how" in table
+
+
+def test_transformer_keeps_attention_as_a_call_with_out_proj_passed_in() -> None:
+    model, _ = zoo.get("transformer").build()
+    record = fxpass.record_of(fxpass.compile(model))
+    (kept,) = record.kept_calls
+    assert kept.overrides == ("out_proj.weight", "out_proj.bias")
+    assert "cannot be traced" in kept.reason
+
+
+def test_plain_symbolic_trace_freezes_the_weight_but_compile_keeps_the_parameter() -> None:
+    model = nn.Sequential(imitate(nn.Linear(3, 3), "halve", lambda w: w / 2))
+    traced = torch.fx.symbolic_trace(model)
+    assert "0.weight" not in dict(traced.named_parameters())  # the silent constant
+    gm = fxpass.compile(model)
+    assert "0.weight" in dict(gm.named_parameters())
+    targets = [n.target for n in gm.graph.nodes if n.op == "get_attr"]
+    assert targets == ["0.weight", "0.bias"]
+
+
+def test_opaque_closure_pickles_by_value_in_a_fresh_process(tmp_path: Path) -> None:
+    threshold = 0.1
+
+    def clip_or_keep(w: torch.Tensor) -> torch.Tensor:
+        return w.clamp(-threshold, threshold) if w.abs().max() > threshold else w
+
+    model = nn.Sequential(imitate(nn.Linear(4, 4), "clip", clip_or_keep))
+    gm = fxpass.compile(model)
+    assert fxpass.record_of(gm).counts()["opaque"] == 1
+    x = torch.randn(2, 4)
+    torch.save({"model": gm, "x": x}, tmp_path / "m.pt")
+    script = (
+        "import sys, torch; s = torch.load(sys.argv[1], weights_only=False); "
+        "torch.save(s['model'](s['x']), sys.argv[2])"
+    )
+    _run_python("-c", script, str(tmp_path / "m.pt"), str(tmp_path / "y.pt"), cwd=tmp_path)
+    assert torch.equal(torch.load(tmp_path / "y.pt"), model(x))
+
+
+def test_concrete_args_steer_control_flow() -> None:
+    class Gated(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = imitate(nn.Linear(3, 3), "halve", lambda w: w / 2)
+
+        def forward(self, x: torch.Tensor, double: bool = False) -> torch.Tensor:
+            y = self.fc(x)
+            return y * 2 if double else y
+
+    model = Gated()
+    with pytest.raises(fxpass.UntraceableModelError):
+        fxpass.compile(model)
+    gm = fxpass.compile(model, concrete_args={"double": True})
+    x = torch.randn(2, 3)
+    assert torch.equal(gm(x, True), model(x, double=True))  # torch.fx keeps the argument, guarded
+
+
+# -- errors --------------------------------------------------------------------------------------
+
+
+class DataDependent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = imitate(nn.Linear(3, 3), "halve", lambda w: w / 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:
+            return self.fc(x)
+        return x
+
+
+class ModeBaking(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = imitate(nn.Linear(3, 3), "halve", lambda w: w / 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.dropout(self.fc(x), 0.5, self.training)
+
+
+@pytest.mark.parametrize(
+    ("model", "words"),
+    [
+        (DataDependent(), ["DataDependent", "concrete_args", "TraceError"]),
+        (ModeBaking(), ["ModeBaking", "self.training", "submodule"]),
+    ],
+)
+def test_untraceable_model_gets_a_clear_error_and_is_untouched(model: nn.Module, words) -> None:
+    before = snapshot(model)
+    with pytest.raises(fxpass.UntraceableModelError) as info:
+        fxpass.compile(model)
+    for word in words:
+        assert word in str(info.value)
+    assert isinstance(info.value, RuntimeError)
+    assert_same_snapshot(before, snapshot(model))
+    assert is_imitated(model.fc)
+
+
+def test_untraceable_submodule_without_patches_is_kept_as_a_call() -> None:
+    class Branchy(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * 2 if x.sum() > 0 else x - 1
+
+    model = nn.Sequential(imitate(nn.Linear(3, 3), "halve", lambda w: w / 2), Branchy())
+    gm = fxpass.compile(model)
+    assert [k.module for k in fxpass.record_of(gm).kept_calls] == ["1"]
+    for x in (torch.ones(2, 3) * 5, -torch.ones(2, 3) * 5):
+        assert torch.equal(gm(x), model(x))
+
+
+def test_stateful_transform_read_twice_by_a_mode_dependent_forward_is_refused() -> None:
+    class ReadsTwiceWithDropout(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(3, 3))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = torch.nn.functional.dropout(x @ self.weight, 0.1, self.training)
+            return y + self.weight.sum()
+
+    model = nn.Sequential(imitate(ReadsTwiceWithDropout(), "scale", zoo.LearnedScale()))
+    before = snapshot(model)
+    with pytest.raises(fxpass.UnsupportedPatchError, match=r"0 \(ReadsTwiceWithDropout\).*reads 0.weight 2 times"):
+        fxpass.compile(model)
+    assert_same_snapshot(before, snapshot(model))
+
+
+def test_not_a_module_is_rejected() -> None:
+    with pytest.raises(fxpass.InvalidModelError, match="expects an nn.Module, got dict"):
+        fxpass.compile({"weight": torch.ones(1)})  # type: ignore[arg-type]
+
+
+def test_unknown_class_patch_is_refused_not_frozen() -> None:
+    layer = nn.Linear(2, 2)
+
+    class Sneaky(nn.Linear):
+        @property
+        def weight(self) -> torch.Tensor:
+            return self._parameters["weight"] * 3
+
+    layer.__class__ = Sneaky
+    model = nn.Sequential(layer)
+    with pytest.raises(fxpass.UnsupportedPatchError, match=r"0 \(Sneaky\).*overrides 'weight'.*imitate"):
+        fxpass.compile(model)
