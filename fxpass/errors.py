@@ -7,8 +7,10 @@ catch either (``except fxpass.FxpassError`` or ``except TypeError``).
 from __future__ import annotations
 
 __all__ = [
+    "FreezeError",
     "FxpassError",
     "InvalidModelError",
+    "NotCompiledError",
     "UnsupportedPatchError",
     "UntraceableModelError",
 ]
@@ -28,3 +30,11 @@ class UnsupportedPatchError(FxpassError, ValueError):
 
 class UntraceableModelError(FxpassError, RuntimeError):
     """torch.fx cannot trace the model's own forward, or the trace would bake in a training mode."""
+
+
+class FreezeError(FxpassError, RuntimeError):
+    """A transform failed while :func:`fxpass.freeze` computed its output."""
+
+
+class NotCompiledError(FxpassError, ValueError):
+    """A GraphModule that :func:`fxpass.compile` did not produce, where one was expected."""

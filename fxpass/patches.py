@@ -144,9 +144,9 @@ def find_patch_stack(module: nn.Module, path: str = "") -> PatchStack | None:
     Example:
         >>> import torch.nn as nn
         >>> from imitation_runtime import imitate
-        >>> stack = find_patch_stack(imitate(nn.Linear(2, 2), "double", lambda w: 2 * w))
+        >>> stack = find_patch_stack(imitate(nn.Linear(2, 2), "twice", lambda w: 2 * w))
         >>> stack.base.__name__, [(l.kind, l.name) for l in stack.layers]
-        ('Linear', [('imitate', 'double')])
+        ('Linear', [('imitate', 'twice')])
     """
     layers: list[Layer] = []
     base: type = type(module)

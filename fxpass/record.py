@@ -8,6 +8,8 @@ from typing import Literal
 import tabulate
 import torch.fx
 
+from fxpass.errors import NotCompiledError
+
 __all__ = ["CompileRecord", "KeptCall", "Rewrite", "record_of"]
 
 How = Literal["inlined", "module", "opaque"]
@@ -96,18 +98,19 @@ def record_of(gm: torch.fx.GraphModule) -> CompileRecord:
     """The record of the compile that produced ``gm``.
 
     Raises:
-        ValueError: ``gm`` was not produced by :func:`fxpass.compile`.
+        NotCompiledError: ``gm`` was not produced by :func:`fxpass.compile`.
 
     Example:
         >>> import torch.nn as nn, fxpass
         >>> from imitation_runtime import imitate
-        >>> gm = fxpass.compile(imitate(nn.Linear(2, 2), "half", lambda w: w / 2))
+        >>> gm = fxpass.compile(imitate(nn.Linear(2, 2), "halve", lambda w: w / 2))
         >>> [(r.attribute, r.how) for r in fxpass.record_of(gm).rewrites]
         [('weight', 'inlined'), ('bias', 'inlined')]
     """
     record = getattr(gm, "meta", {}).get(META_KEY)
     if not isinstance(record, CompileRecord):
-        raise ValueError(
-            f"{type(gm).__name__} carries no fxpass record: it was not produced by fxpass.compile"
+        raise NotCompiledError(
+            f"{type(gm).__name__} carries no fxpass record: it was not produced by "
+            "fxpass.compile; compile the model first"
         )
     return record

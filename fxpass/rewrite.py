@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch.fx
 import torch.nn as nn
 
-from fxpass.errors import InvalidModelError
+from fxpass.errors import InvalidModelError, UntraceableModelError
+from fxpass.patches import find_patch_stack, join_path
 from fxpass.record import META_KEY, CompileRecord
-from fxpass.shells import build_shells
+from fxpass.shells import build_shells, copy_module, has_patch, is_default_leaf
 from fxpass.tracer import PatchTracer
 
-__all__ = ["compile"]
+__all__ = ["compile", "records"]
+
+_CONTAINERS = (nn.ModuleList, nn.ModuleDict)
 
 
 def compile(  # noqa: A001 - the library's verb, like torch.compile
-    model: nn.Module, *, concrete_args: dict[str, Any] | None = None
-) -> torch.fx.GraphModule:
+    model: nn.Module,
+    *,
+    concrete_args: dict[str, Any] | None = None,
+    scope: Literal["model", "module"] = "model",
+) -> nn.Module:
     """Rewrite a class-patched model into a plain ``GraphModule`` with the same semantics.
 
     Every read of a patched attribute (``imitate``, qsparse's ``imitate``, torch parametrize)
@@ -30,13 +36,21 @@ def compile(  # noqa: A001 - the library's verb, like torch.compile
     parameter and buffer tensors and its unpatched leaf and transform modules: deep-copy the model
     first if the two must train independently.
 
+    With ``scope="module"``, for models whose own forward torch.fx cannot trace (data-dependent
+    control flow, most transformers models), the result is instead a copy of the model in which
+    each patched module, or the smallest enclosing module that torch.fx can trace, is replaced by
+    its own compiled GraphModule; other modules are the model's own. The copy pickles whole and
+    keeps the model's ``state_dict()`` keys; :func:`records` lists what each part rewrote.
+
     Args:
         model: the model, patched anywhere in its tree (or not at all).
         concrete_args: arguments of ``model.forward`` to fix while tracing, as in
-            ``torch.fx.symbolic_trace``.
+            ``torch.fx.symbolic_trace`` (model scope only).
+        scope: ``"model"`` for one GraphModule of the whole model, ``"module"`` as above.
 
     Returns:
-        The compiled model; :func:`fxpass.record_of` tells what was rewritten.
+        The compiled model (a GraphModule in model scope); :func:`fxpass.record_of` tells what
+        was rewritten.
 
     Raises:
         InvalidModelError: ``model`` is not an ``nn.Module``.
@@ -60,6 +74,16 @@ def compile(  # noqa: A001 - the library's verb, like torch.compile
             f"fxpass.compile expects an nn.Module, got {type(model).__name__}; pass the model "
             "itself (not its state_dict or a function)"
         )
+    if scope == "module":
+        if concrete_args is not None:
+            raise InvalidModelError("concrete_args applies to scope='model' only")
+        return _compile_modules(model, "", {})
+    if scope != "model":
+        raise InvalidModelError(f"scope must be 'model' or 'module', got {scope!r}")
+    return _compile_model(model, concrete_args)
+
+
+def _compile_model(model: nn.Module, concrete_args: dict[str, Any] | None) -> torch.fx.GraphModule:
     tree = build_shells(model)
     tracer = PatchTracer(tree)
     graph = tracer.trace_tree(concrete_args)
@@ -85,3 +109,52 @@ def compile(  # noqa: A001 - the library's verb, like torch.compile
         kept_calls=tuple(tracer.kept),
     )
     return gm
+
+
+def _compile_modules(module: nn.Module, path: str, memo: dict[int, nn.Module]) -> nn.Module:
+    """Module scope: compile the largest traceable subtrees that hold patched modules."""
+    key = id(module)
+    if key in memo:
+        return memo[key]
+    if not has_patch(module):
+        memo[key] = module
+        return module
+    try:
+        result: nn.Module = _compile_model(module, None)
+    except UntraceableModelError as error:
+        where = f"{path} ({type(module).__name__})" if path else f"the model ({type(module).__name__})"
+        # A torch.nn module with a forward (MultiheadAttention) may read its children's tensors
+        # itself: compiling the children alone would hand it raw tensors.
+        reads_children = is_default_leaf(type(module)) and not isinstance(module, _CONTAINERS)
+        if not module._modules or reads_children or find_patch_stack(module):
+            raise UntraceableModelError(
+                f"{where} holds patched tensors but cannot be compiled on its own ({error}); "
+                "wrap it in a module whose forward torch.fx can trace"
+            ) from error
+        result = copy_module(module)
+        children = result._modules
+        for name, child in children.items():
+            if child is not None:
+                children[name] = _compile_modules(child, join_path(path, name), memo)
+    memo[key] = result
+    return result
+
+
+def records(model: nn.Module) -> dict[str, CompileRecord]:
+    """The compile record of every compiled part of ``model``, by module path.
+
+    For a model-scope compile this is ``{"": record}``; for ``scope="module"`` one entry per
+    compiled submodule.
+
+    Example:
+        >>> import torch.nn as nn, fxpass
+        >>> from imitation_runtime import imitate
+        >>> model = nn.Sequential(imitate(nn.Linear(2, 2), "halve", lambda w: w / 2))
+        >>> list(fxpass.records(fxpass.compile(model, scope="module")))
+        ['']
+    """
+    return {
+        name: m.meta[META_KEY]
+        for name, m in model.named_modules()
+        if isinstance(m, torch.fx.GraphModule) and isinstance(m.meta.get(META_KEY), CompileRecord)
+    }

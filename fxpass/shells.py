@@ -24,7 +24,7 @@ from fxpass.ops import ByValue
 from fxpass.errors import UnsupportedPatchError
 from fxpass.patches import PatchStack, find_patch_stack, join_path
 
-__all__ = ["Patched", "ShellTree", "build_shells", "is_default_leaf"]
+__all__ = ["Patched", "ShellTree", "build_shells", "copy_module", "has_patch", "is_default_leaf"]
 
 
 @dataclasses.dataclass
@@ -108,25 +108,41 @@ def _rebind_hooks(shell: nn.Module, namespace: dict[str, Any]) -> None:
                 hooks[key] = ByValue(hook)
 
 
+def copy_module(module: nn.Module, cls: type | None = None) -> nn.Module:
+    """A copy of ``module`` (as an instance of ``cls``, by default its own class) that shares its
+    tensors and child modules; its containers are new, so changing them leaves ``module`` alone."""
+    cls = cls or type(module)
+    copied = cls.__new__(cls)
+    namespace = {k: _copy_value(v) for k, v in module.__dict__.items()}
+    _rebind_hooks(copied, namespace)
+    copied.__dict__.update(namespace)
+    return copied
+
+
+def has_patch(module: nn.Module) -> bool:
+    """Whether ``module`` or any module below it carries a class patch."""
+    return any(find_patch_stack(m, name) is not None for name, m in module.named_modules())
+
+
 def build_shells(model: nn.Module) -> ShellTree:
     """Copy ``model``'s tree as described in the module docstring; ``model`` is not modified."""
     stacks: dict[int, PatchStack | None] = {}
-    has_patch: dict[int, bool] = {}
+    patched_below: dict[int, bool] = {}
     first_path: dict[int, str] = {}
 
     def scan(module: nn.Module, path: str) -> bool:
         key = id(module)
-        if key in has_patch:
-            return has_patch[key]
+        if key in patched_below:
+            return patched_below[key]
         first_path[key] = path
         stack = find_patch_stack(module, path)
         stacks[key] = stack
-        has_patch[key] = False  # guards against cycles
+        patched_below[key] = False  # guards against cycles
         found = stack is not None
         for name, child in module._modules.items():
             if child is not None:
                 found = scan(child, join_path(path, name)) or found
-        has_patch[key] = found
+        patched_below[key] = found
         return found
 
     scan(model, "")
@@ -143,19 +159,18 @@ def build_shells(model: nn.Module) -> ShellTree:
         stack = stacks[key]
         path = first_path[key]
         if as_transform:
-            if has_patch[key]:
+            if patched_below[key]:
                 raise UnsupportedPatchError(
                     f"{path}: a transform module that is itself patched, or holds a patched "
                     "module, is not supported; patch the tensors it transforms instead"
                 )
             memo[key] = module
             return module
-        if stack is None and not has_patch[key] and is_default_leaf(type(module)):
+        if stack is None and not patched_below[key] and is_default_leaf(type(module)):
             memo[key] = module
             return module
-        cls = stack.base if stack is not None else type(module)
-        shell = cls.__new__(cls)
-        namespace = {k: _copy_value(v) for k, v in module.__dict__.items()}
+        shell = copy_module(module, stack.base if stack is not None else type(module))
+        namespace = shell.__dict__
         transforms: dict[str, Callable[..., Any]] = {}
         transform_names = stack.transform_attributes() if stack is not None else ()
         for name in transform_names:
@@ -165,11 +180,9 @@ def build_shells(model: nn.Module) -> ShellTree:
                 transforms[name] = namespace.pop(name)
             else:
                 raise UnsupportedPatchError(
-                    f"{path or 'the model'} ({cls.__name__}): its patch reads the transform "
-                    f"attribute {name!r}, which the module does not have"
+                    f"{path or 'the model'} ({type(shell).__name__}): its patch reads the "
+                    f"transform attribute {name!r}, which the module does not have"
                 )
-        _rebind_hooks(shell, namespace)
-        shell.__dict__.update(namespace)
         memo[key] = shell
         shells[id(shell)] = shell
         paths[id(shell)] = path

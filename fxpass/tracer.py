@@ -122,8 +122,8 @@ class PatchTracer(torch.fx.Tracer):
                 raise UntraceableModelError(
                     f"torch.fx cannot trace the forward of the model ({type(root).__name__}): "
                     f"{type(error).__name__}: {error}. Pass concrete_args for the arguments that "
-                    "steer its control flow, or move the untraceable code into a submodule (a "
-                    "submodule that fails to trace is kept as a call)"
+                    "steer its control flow, or compile with scope='module' to compile each patched "
+                    "part on its own"
                 ) from error
             finally:
                 self._scopes.pop()

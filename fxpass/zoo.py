@@ -31,6 +31,8 @@ class ZooEntry:
         description: one line for tables.
         requires: importable packages the entry needs.
         stateful: whether some transform keeps state that changes when the model runs.
+        scope: the ``fxpass.compile`` scope the model needs (``"module"`` when torch.fx cannot
+            trace its own forward).
     """
 
     name: str
@@ -38,6 +40,7 @@ class ZooEntry:
     description: str
     requires: tuple[str, ...] = ()
     stateful: bool = False
+    scope: str = "model"
 
     def missing(self) -> tuple[str, ...]:
         """The required packages that are not installed."""
@@ -300,6 +303,23 @@ class QsparseNet(nn.Module):
         return self.fc(x.mean(dim=(2, 3)))
 
 
+class Branchy(nn.Module):
+    """Data-dependent control flow at the top level: torch.fx cannot trace the model's forward,
+    so it compiles with scope="module"."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = ConvBN()
+        self.gate = imitate(nn.Linear(5, 5), "clip", soft_clip)
+        self.other = nn.Sequential(imitate(nn.Linear(5, 5), "halve", scaled(0.5)), nn.Tanh())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        if h.sum() > 0:
+            return self.gate(h)
+        return self.other(h)
+
+
 def _seeded(cls: type[nn.Module], *shape: int, tokens: int | None = None) -> Callable:
     def build() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
         generator = torch.Generator().manual_seed(0)
@@ -328,6 +348,7 @@ ZOO: tuple[ZooEntry, ...] = (
     ZooEntry("untraceable", _seeded(Untraceable, 3, 6), "data-dependent closure, autograd.Function"),
     ZooEntry("parametrized", _seeded(Parametrized, 3, 6), "parametrize: custom, orthogonal, weight_norm"),
     ZooEntry("qsparse", _seeded(QsparseNet, 2, 3, 6, 6), "qsparse quantize(prune(conv))", ("qsparse",), True),
+    ZooEntry("branchy", _seeded(Branchy, 2, 3, 8, 8), "data-dependent top level (module scope)", scope="module"),
 )
 
 

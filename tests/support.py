@@ -7,9 +7,21 @@ from typing import Any
 
 import pytest
 import torch
+import torch.fx
 import torch.nn as nn
 
+import fxpass
 from fxpass import zoo
+
+
+def compile_entry(entry: zoo.ZooEntry, model: nn.Module) -> nn.Module:
+    """Compile a zoo model in the scope it needs."""
+    return fxpass.compile(model, scope=entry.scope)  # type: ignore[arg-type]
+
+
+def graph_modules(model: nn.Module) -> list[torch.fx.GraphModule]:
+    """The compiled parts of a model: itself in model scope, its GraphModules in module scope."""
+    return [m for m in model.modules() if isinstance(m, torch.fx.GraphModule)]
 
 
 def zoo_params() -> list[Any]:

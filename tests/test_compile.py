@@ -22,7 +22,7 @@ import torch.nn as nn
 import fxpass
 from fxpass import zoo
 from imitation_runtime import imitate, is_imitated
-from tests.support import assert_same_snapshot, snapshot, zoo_params
+from tests.support import assert_same_snapshot, compile_entry, graph_modules, snapshot, zoo_params
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,7 +38,7 @@ def _pair(entry: zoo.ZooEntry, compile_mode: str = "train"):
     """(runtime model, compiled model, inputs): independent models with equal state."""
     runtime, inputs = entry.build()
     runtime.train(compile_mode == "train")
-    gm = fxpass.compile(copy.deepcopy(runtime))
+    gm = compile_entry(entry, copy.deepcopy(runtime))
     return runtime, gm, inputs
 
 
@@ -115,7 +115,7 @@ def test_optimizer_steps_side_by_side(entry: zoo.ZooEntry, warm_up: bool) -> Non
     runtime, inputs = entry.build()
     if warm_up:  # compile after the model ran: lazy transform state already exists
         _forward(runtime, inputs)
-    gm = fxpass.compile(copy.deepcopy(runtime))
+    gm = compile_entry(entry, copy.deepcopy(runtime))
     for step, mode in enumerate(("train", "train", "eval", "train", "train")):
         runtime.train(mode == "train")
         gm.train(mode == "train")
@@ -138,7 +138,10 @@ def test_pickle_and_torch_save_round_trips(entry: zoo.ZooEntry) -> None:
     torch.save(gm, buffer)
     buffer.seek(0)
     for loaded in (pickle.loads(pickle.dumps(gm)), torch.load(buffer, weights_only=False)):
-        assert isinstance(loaded, torch.fx.GraphModule)
+        if entry.scope == "model":
+            assert isinstance(loaded, torch.fx.GraphModule)
+        else:
+            assert type(loaded) is type(runtime)
         _assert_state_equal(gm, loaded)
         reference = copy.deepcopy(runtime)  # the state both had when gm was saved
         for mode in MODE_SEQUENCE:
@@ -178,21 +181,28 @@ def test_saved_models_load_in_a_fresh_process(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("entry", zoo_params())
 def test_graph_lints_and_holds_no_patched_class(entry: zoo.ZooEntry) -> None:
-    runtime, gm, _ = _pair(entry)
-    gm.graph.lint()
-    for name, module in gm.named_modules():
-        assert "<locals>" not in type(module).__qualname__ or isinstance(module, torch.fx.GraphModule), name
-    assert not [n for n in gm.graph.nodes if n.op == "get_attr" and "_tensor_constant" in n.target]
-    record = fxpass.record_of(gm)
+    runtime, compiled, _ = _pair(entry)
+    for gm in graph_modules(compiled):
+        gm.graph.lint()
+        assert not [n for n in gm.graph.nodes if n.op == "get_attr" and "_tensor_constant" in n.target]
+    for name, module in compiled.named_modules():
+        assert not is_imitated(module) and "<locals>" not in type(module).__qualname__ or isinstance(
+            module, torch.fx.GraphModule
+        ), name
+    found = [
+        fxpass.patches.join_path(prefix, path)
+        for prefix, record in fxpass.records(compiled).items()
+        for path in record.patched_modules
+    ]
     patched = [n for n, m in runtime.named_modules() if fxpass.patches.find_patch_stack(m) is not None]
-    assert list(record.patched_modules) == patched
+    assert found == patched
 
 
 @pytest.mark.parametrize("entry", zoo_params())
 def test_input_model_untouched(entry: zoo.ZooEntry) -> None:
     model, inputs = entry.build()
     before = snapshot(model)
-    gm = fxpass.compile(model)
+    gm = compile_entry(entry, model)
     assert_same_snapshot(before, snapshot(model))
     # the compiled model shares the tensors, as torch.fx does
     runtime_ids = {id(p) for p in model.parameters()}

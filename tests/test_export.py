@@ -1,0 +1,314 @@
+"""Before export and inside torch.compile: freeze, torch.export, ONNX, TorchScript, dynamo, and
+module scope. Each target is a test over the model zoo; the entries a target cannot support are
+listed with the exact error users get."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import io
+
+import pytest
+import torch
+import torch.fx
+import torch.nn as nn
+
+import fxpass
+from fxpass import zoo
+from fxpass.ops import call_with_overrides
+from imitation_runtime import imitate
+from tests.support import assert_same_snapshot, compile_entry, snapshot, zoo_params
+
+# torch.fx cannot trace Branchy's own forward (data-dependent control flow), and neither can
+# torch.export; it compiles only with scope="module".
+NOT_FREEZABLE = {"branchy": (fxpass.UntraceableModelError, "scope='module'")}
+# transforms that are stateful, data-dependent or autograd.Functions: export the frozen graph.
+IMPURE = {"called_twice", "two_reads", "stateful", "untraceable", "qsparse"}
+# torch.jit.script of the compiled (unfrozen) graph: what fails, and why.
+NOT_SCRIPTABLE = {
+    "cnn_bn": "try blocks aren't supported",  # call_with_overrides, for the imitated BatchNorm
+    "transformer": "try blocks aren't supported",  # call_with_overrides, for MultiheadAttention
+    "called_twice": "cannot statically infer the expected size of a list",  # LearnedScale
+    "two_reads": "Can't redefine method: forward",
+    "stateful": "Can't redefine method: forward",
+    "untraceable": "variable number of arguments",  # Opaque(*args) around a Python closure
+    # script compiles every submodule's forward, also the unused forward of a parametrized Linear
+    # whose weight lives in parametrizations
+    "parametrized": "Module 'Linear' has no attribute 'weight'",
+    "qsparse": "formatting in JoinedStr",  # qsparse's own layers use f-strings
+    "branchy": "try blocks aren't supported",  # its ConvBN keeps the BatchNorm as a call
+}
+
+
+def _runnable(entry: zoo.ZooEntry) -> bool:
+    return entry.name not in NOT_FREEZABLE
+
+
+def _eval_pair(entry: zoo.ZooEntry):
+    model, inputs = entry.build()
+    return model.eval(), inputs
+
+
+# -- freeze --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("entry", zoo_params())
+def test_freeze_matches_runtime_eval_output_bitwise(entry: zoo.ZooEntry) -> None:
+    model, inputs = entry.build()  # in train mode: freeze computes the eval-mode transforms
+    before = snapshot(model)
+    if not _runnable(entry):
+        error, words = NOT_FREEZABLE[entry.name]
+        with pytest.raises(error, match=words):
+            fxpass.freeze(model)
+        return
+    frozen = fxpass.freeze(model)
+    assert_same_snapshot(before, snapshot(model))
+    assert not frozen.training
+    assert torch.equal(frozen(*inputs), model.eval()(*inputs))
+    # no transform remains: no kept call, no transform module, no raw tensor of a patched read
+    for node in frozen.graph.nodes:
+        assert node.target is not call_with_overrides
+        if node.op == "call_module":
+            assert not isinstance(frozen.get_submodule(node.target), (zoo.LearnedScale, fxpass.ops.Opaque))
+    assert frozen.meta["fxpass_frozen"]
+
+
+def test_freeze_accepts_a_compiled_model_and_is_a_snapshot() -> None:
+    model, (x,) = zoo.get("stateful").build()
+    gm = fxpass.compile(copy.deepcopy(model))
+    gm(x)  # lazily creates the transforms' parameters
+    model(x)
+    frozen = fxpass.freeze(gm)
+    model.eval()
+    expected = model(x)
+    assert torch.equal(frozen(x), expected)
+    with torch.no_grad():  # training the source later does not reach the snapshot
+        for p in gm.parameters():
+            p.add_(1.0)
+    assert torch.equal(frozen(x), expected)
+
+
+def test_freeze_names_the_transform_that_fails() -> None:
+    class FailsInEval(nn.Module):
+        def forward(self, w: torch.Tensor) -> torch.Tensor:
+            if not self.training:
+                raise RuntimeError("calibration data missing")
+            return w
+
+    model = nn.Sequential(nn.ReLU(), imitate(nn.Linear(2, 2), "calibrate", FailsInEval()))
+    before = snapshot(model)
+    with pytest.raises(fxpass.FreezeError, match=r"'calibrate' of 1 \(.*FailsInEval\).*weight.*calibration data missing"):
+        fxpass.freeze(model)
+    assert_same_snapshot(before, snapshot(model))
+
+
+def test_freeze_rejects_what_is_not_a_module() -> None:
+    with pytest.raises(fxpass.InvalidModelError, match="freeze expects an nn.Module"):
+        fxpass.freeze("model.pt")  # type: ignore[arg-type]
+
+
+# -- torch.export ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("entry", zoo_params())
+def test_export_of_the_frozen_graph_round_trips(entry: zoo.ZooEntry) -> None:
+    if not _runnable(entry):
+        pytest.skip("not freezable: " + NOT_FREEZABLE[entry.name][1])
+    model, inputs = _eval_pair(entry)
+    program = torch.export.export(fxpass.freeze(model), inputs)
+    expected = model(*inputs)
+    torch.testing.assert_close(program.module()(*inputs), expected, atol=1e-6, rtol=0)
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    buffer.seek(0)
+    torch.testing.assert_close(torch.export.load(buffer).module()(*inputs), expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("entry", zoo_params())
+def test_export_of_the_compiled_graph_for_pure_transforms(entry: zoo.ZooEntry) -> None:
+    if entry.name in IMPURE or not _runnable(entry):
+        pytest.skip("stateful or data-dependent transforms: export the frozen graph instead")
+    model, inputs = _eval_pair(entry)
+    gm = compile_entry(entry, copy.deepcopy(model)).eval()
+    program = torch.export.export(gm, inputs)
+    torch.testing.assert_close(program.module()(*inputs), model(*inputs), atol=1e-6, rtol=0)
+
+
+def test_export_of_qsparse_compiled_graph_fails_but_frozen_exports() -> None:
+    pytest.importorskip("qsparse")
+    model, inputs = _eval_pair(zoo.get("qsparse"))
+    gm = fxpass.compile(copy.deepcopy(model)).eval()
+    with pytest.raises(Exception, match="data-dependent"):
+        torch.export.export(gm, inputs)
+    torch.export.export(fxpass.freeze(model), inputs)
+
+
+# -- ONNX ----------------------------------------------------------------------------------------
+
+_ONNX_MISSING = [p for p in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(p) is None]
+
+
+@pytest.mark.skipif(bool(_ONNX_MISSING), reason=f"the [export] extra is not installed ({_ONNX_MISSING})")
+@pytest.mark.parametrize("entry", zoo_params())
+def test_onnx_of_the_frozen_graph_runs_in_onnxruntime(entry: zoo.ZooEntry) -> None:
+    import onnxruntime
+
+    if not _runnable(entry):
+        pytest.skip("not freezable: " + NOT_FREEZABLE[entry.name][1])
+    model, inputs = _eval_pair(entry)
+    program = torch.onnx.export(fxpass.freeze(model), inputs, dynamo=True, verbose=False)
+    session = onnxruntime.InferenceSession(
+        program.model_proto.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    feeds = {i.name: x.numpy() for i, x in zip(session.get_inputs(), inputs)}
+    (out,) = session.run(None, feeds)
+    torch.testing.assert_close(torch.from_numpy(out), model(*inputs).detach(), atol=1e-5, rtol=0)
+
+
+# -- TorchScript ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("entry", zoo_params())
+def test_torchscript_of_the_compiled_graph(entry: zoo.ZooEntry) -> None:
+    model, inputs = _eval_pair(entry)
+    gm = compile_entry(entry, copy.deepcopy(model)).eval()
+    if entry.name in NOT_SCRIPTABLE:
+        with pytest.raises(Exception, match=NOT_SCRIPTABLE[entry.name]):
+            torch.jit.script(gm)
+        return
+    assert torch.equal(torch.jit.script(gm)(*inputs), model(*inputs))
+
+
+@pytest.mark.parametrize("entry", zoo_params())
+def test_torchscript_of_the_frozen_graph(entry: zoo.ZooEntry) -> None:
+    if not _runnable(entry):
+        pytest.skip("not freezable: " + NOT_FREEZABLE[entry.name][1])
+    model, inputs = _eval_pair(entry)
+    assert torch.equal(torch.jit.script(fxpass.freeze(model))(*inputs), model(*inputs))
+
+
+# -- torch.compile -------------------------------------------------------------------------------
+
+# Graph breaks of stateful transforms, and where they come from.
+EXPECTED_BREAKS = {
+    "called_twice": "torch.nn.Parameter",  # LearnedScale creates its parameter lazily
+    "two_reads": "torch.nn.Parameter",
+    "stateful": "torch.nn.Parameter",
+    "untraceable": "generic_jump",  # the opaque closure branches on a tensor
+    "qsparse": "torch.nn.Parameter",  # qsparse's layers create parameters on first call
+}
+
+
+@pytest.mark.parametrize("entry", zoo_params())
+def test_dynamo_graph_breaks(entry: zoo.ZooEntry) -> None:
+    model, inputs = _eval_pair(entry)
+    gm = compile_entry(entry, copy.deepcopy(model)).eval()
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(gm)(*inputs)
+    if entry.name in EXPECTED_BREAKS:
+        assert explanation.graph_break_count > 0
+        reasons = " ".join(str(b.reason) for b in explanation.break_reasons)
+        assert EXPECTED_BREAKS[entry.name] in reasons
+    elif entry.name == "branchy":
+        assert explanation.graph_break_count == 1  # Branchy's own `if h.sum() > 0`
+    else:
+        assert (explanation.graph_count, explanation.graph_break_count) == (1, 0)
+
+
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+@pytest.mark.parametrize("entry", zoo_params())
+def test_torch_compile_output_equals_runtime(entry: zoo.ZooEntry, backend: str) -> None:
+    model, inputs = _eval_pair(entry)
+    gm = compile_entry(entry, copy.deepcopy(model)).eval()
+    torch._dynamo.reset()
+    compiled = torch.compile(gm, backend=backend)
+    assert torch.equal(compiled(*inputs), model(*inputs))
+
+
+def test_inductor_smoke() -> None:
+    model, inputs = _eval_pair(zoo.get("mlp"))
+    torch._dynamo.reset()
+    compiled = torch.compile(fxpass.compile(copy.deepcopy(model)).eval())
+    # inductor fuses and reorders floating-point work: close, not bitwise
+    torch.testing.assert_close(compiled(*inputs), model(*inputs), atol=1e-5, rtol=1e-5)
+
+
+# -- module scope --------------------------------------------------------------------------------
+
+
+def test_module_scope_compiles_each_patched_part_of_an_untraceable_model() -> None:
+    model, (x,) = zoo.get("branchy").build()
+    with pytest.raises(fxpass.UntraceableModelError, match="scope='module'"):
+        fxpass.compile(model)
+    compiled = fxpass.compile(copy.deepcopy(model), scope="module")
+    assert type(compiled) is zoo.Branchy
+    assert sorted(fxpass.records(compiled)) == ["gate", "other", "stem"]
+    for inputs in (x, -x):  # both branches
+        assert torch.equal(compiled(inputs), model(inputs))
+
+
+def test_module_scope_refuses_a_patched_module_it_cannot_compile_alone() -> None:
+    class Untraceable(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bn = imitate(nn.BatchNorm1d(3), "halve", lambda w: w / 2)
+            self.attn = nn.MultiheadAttention(4, 2)
+            imitate(self.attn.out_proj, "halve", lambda w: w / 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.bn(x) if x.sum() > 0 else x
+
+    model = Untraceable()
+    before = snapshot(model)
+    with pytest.raises(fxpass.UntraceableModelError, match=r"bn \(BatchNorm1d\).*cannot be compiled on its own"):
+        fxpass.compile(model, scope="module")
+    assert_same_snapshot(before, snapshot(model))
+    del model.bn
+    with pytest.raises(fxpass.UntraceableModelError, match=r"attn \(MultiheadAttention\)"):
+        fxpass.compile(model, scope="module")
+
+
+def test_bad_scope_is_rejected() -> None:
+    with pytest.raises(fxpass.InvalidModelError, match="scope must be"):
+        fxpass.compile(nn.Linear(2, 2), scope="layer")  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="the [hf] extra is not installed")
+def test_module_scope_on_a_transformers_model_from_a_config() -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.pytorch_utils import Conv1D
+
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64, n_positions=16, bos_token_id=0, eos_token_id=0)
+    model = GPT2LMHeadModel(config)  # random weights, nothing downloaded
+    assert model.lm_head.weight is model.transformer.wte.weight
+    for module in list(model.modules()):
+        if isinstance(module, (Conv1D, nn.Linear, nn.Embedding)):
+            imitate(module, "halve", lambda w: w * 0.5)
+    ids = torch.randint(0, 64, (2, 8))
+    with pytest.raises(fxpass.UntraceableModelError):
+        fxpass.compile(model)
+    compiled = fxpass.compile(copy.deepcopy(model), scope="module")
+    assert list(compiled.state_dict()) == list(model.state_dict())
+    buffer = io.BytesIO()
+    torch.save(compiled, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert loaded.lm_head.weight is loaded.transformer.wte.weight  # still one tensor
+    for candidate in (compiled, loaded):
+        for mode in (True, False):
+            model.train(mode)
+            candidate.train(mode)
+            torch.manual_seed(1)
+            expected = model(ids).logits
+            torch.manual_seed(1)
+            assert torch.equal(candidate(ids).logits, expected)
+    model.zero_grad()
+    model.train()
+    compiled.train()
+    torch.manual_seed(2)
+    model(ids).logits.square().mean().backward()
+    torch.manual_seed(2)
+    compiled(ids).logits.square().mean().backward()
+    for (name, p), (_, q) in zip(model.named_parameters(), compiled.named_parameters()):
+        assert torch.equal(p.grad, q.grad), name
