@@ -8,22 +8,30 @@ from fxpass.errors import (
     UnsupportedPatchError,
     UntraceableModelError,
 )
+from fxpass import parity, testing
 from fxpass.freeze import freeze
+from fxpass.parity import ExampleInputsError, ParityArgumentError, ParityReport, ParityRow
 from fxpass.record import CompileRecord, KeptCall, Rewrite, record_of
 from fxpass.rewrite import compile, records
 
 __all__ = [
     "CompileRecord",
+    "ExampleInputsError",
     "FreezeError",
     "FxpassError",
     "InvalidModelError",
-    "NotCompiledError",
     "KeptCall",
+    "NotCompiledError",
+    "ParityArgumentError",
+    "ParityReport",
+    "ParityRow",
     "Rewrite",
     "UnsupportedPatchError",
     "UntraceableModelError",
     "compile",
     "freeze",
+    "parity",
     "record_of",
     "records",
+    "testing",
 ]

@@ -1,0 +1,979 @@
+"""The parity harness: train a model and its candidate side by side and compare every step.
+
+:func:`check` runs the runtime-patched model (the reference) and a candidate claimed equivalent
+(by default ``fxpass.compile`` of it) through the same short training trajectory, from the same
+RNG state, and compares outputs, gradients, parameters, buffers and ``state_dict()`` after every
+optimizer step, then a ``torch.save`` / ``torch.load`` round trip of the candidate, and optional
+probes (``torch.export``, dynamo, TorchScript). The result is a :class:`ParityReport`: one
+:class:`ParityRow` per check, printable as a table and serializable as JSON.
+
+Comparisons are bitwise (``torch.equal``) when ``atol == rtol == 0`` and ``torch.allclose``
+otherwise; every row also says whether its tensors were bitwise equal and the largest absolute
+and relative differences seen.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import gc
+import io
+import math
+import statistics
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import tabulate
+import torch
+from torch import nn
+
+from fxpass.errors import FxpassError, InvalidModelError
+from fxpass.record import CompileRecord
+from fxpass.rewrite import compile as fxpass_compile
+from fxpass.rewrite import records
+
+__all__ = [
+    "MODES",
+    "PROBES",
+    "ExampleInputsError",
+    "ParityArgumentError",
+    "ParityReport",
+    "ParityRow",
+    "check",
+    "default_loss",
+]
+
+#: The modes :func:`check` can run a trajectory in.
+MODES: tuple[str, ...] = ("train", "eval")
+#: The optional probes :func:`check` knows.
+PROBES: tuple[str, ...] = ("export", "dynamo", "script")
+
+Candidate = nn.Module | Callable[[nn.Module], nn.Module] | None
+OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
+LossFn = Callable[[Any], torch.Tensor]
+
+_TIMING_ROUNDS = 7
+_TIMING_WARMUP = 2
+_TIMING_CALLS = 5
+_MAX_LISTED = 5
+
+
+class ExampleInputsError(FxpassError, ValueError):
+    """The example inputs do not fit the model: its forward raised on them."""
+
+
+class ParityArgumentError(FxpassError, ValueError):
+    """An argument of :func:`check` cannot be used (no steps, an unknown mode or probe, ...)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ParityRow:
+    """One check of a parity run.
+
+    Attributes:
+        name: what was compared, e.g. ``"train/step2/grad"`` or ``"eval/state_dict/order"``.
+        passed: whether the check passed (bitwise, or within the tolerance when one was given).
+        bitwise: whether everything compared was bitwise equal.
+        max_abs_diff: largest absolute difference over the tensors compared; None for checks of
+            names or order.
+        max_rel_diff: largest difference relative to the reference's magnitude (``inf`` where the
+            reference is 0 and the candidate is not); None for checks of names or order.
+        detail: what differed first, or how the check went.
+    """
+
+    name: str
+    passed: bool
+    bitwise: bool
+    max_abs_diff: float | None = None
+    max_rel_diff: float | None = None
+    detail: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class ParityReport:
+    """What :func:`check` found.
+
+    Attributes:
+        model: class name of the reference model.
+        candidate: how the candidate was made (``"fxpass.compile"``, a class or factory name).
+        rows: one row per check, in the order run.
+        modes: the modes run.
+        steps: optimizer steps per mode.
+        atol: absolute tolerance (0 with ``rtol`` 0: bitwise).
+        rtol: relative tolerance.
+        seed: the seed of the trajectories.
+        compile_counts: the compile record's counts (``inlined``, ``module``, ``opaque``),
+            summed over the compiled parts (``fxpass.records``), when the candidate holds
+            :func:`fxpass.compile` output; else None.
+        patched_modules: number of patched modules the compile found, or None.
+        kept_calls: number of modules the compile kept as calls, or None.
+        time_ratio: candidate / reference eager forward time (median of a few interleaved
+            ``no_grad`` eval calls). Indicative only: it is not a benchmark.
+        graph_breaks: dynamo graph breaks of the candidate when the ``"dynamo"`` probe ran.
+    """
+
+    model: str
+    candidate: str
+    rows: tuple[ParityRow, ...]
+    modes: tuple[str, ...]
+    steps: int
+    atol: float
+    rtol: float
+    seed: int
+    compile_counts: dict[str, int] | None = None
+    patched_modules: int | None = None
+    kept_calls: int | None = None
+    time_ratio: float | None = None
+    graph_breaks: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether every check passed."""
+        return all(row.passed for row in self.rows)
+
+    @property
+    def bitwise(self) -> bool:
+        """Whether every check compared bitwise-equal tensors."""
+        return all(row.bitwise for row in self.rows)
+
+    def failures(self) -> tuple[ParityRow, ...]:
+        """The rows that failed, in order.
+
+        Example:
+            >>> ParityReport("M", "c", (ParityRow("a", True, True), ParityRow("b", False, False)),
+            ...              ("train",), 1, 0.0, 0.0, 0).failures()[0].name
+            'b'
+        """
+        return tuple(row for row in self.rows if not row.passed)
+
+    def summary(self) -> str:
+        """One line: the verdict, the counts and the indicative time ratio.
+
+        Example:
+            >>> ParityReport("M", "fxpass.compile", (ParityRow("a", True, True),), ("train",), 1,
+            ...              0.0, 0.0, 0).summary()
+            'M vs fxpass.compile: parity OK, 1/1 checks passed (bitwise)'
+        """
+        passed = sum(row.passed for row in self.rows)
+        verdict = "parity OK" if self.ok else "parity FAILED"
+        tolerance = f"atol={self.atol:g}, rtol={self.rtol:g}"
+        if self.atol == 0 and self.rtol == 0:
+            tolerance = "bitwise"
+        text = (
+            f"{self.model} vs {self.candidate}: {verdict}, "
+            f"{passed}/{len(self.rows)} checks passed ({tolerance})"
+        )
+        if self.time_ratio is not None:
+            text += f"; eager time ratio {self.time_ratio:.2f}x (indicative)"
+        return text
+
+    def table(self, fmt: str = "simple", *, failures_only: bool = False) -> str:
+        """The rows as a table in any ``tabulate`` format (``"github"`` or ``"pipe"`` for markdown).
+
+        Args:
+            fmt: the ``tabulate`` table format.
+            failures_only: list only the failing rows.
+
+        Returns:
+            The table, one line per row.
+
+        Example:
+            >>> report = ParityReport("M", "c", (ParityRow("train/step1/output", True, True, 0.0, 0.0),),
+            ...                       ("train",), 1, 0.0, 0.0, 0)
+            >>> print(report.table("github"))
+            | check              | passed   | bitwise   |   max abs diff |   max rel diff | detail   |
+            |--------------------|----------|-----------|----------------|----------------|----------|
+            | train/step1/output | ok       | yes       |              0 |              0 |          |
+        """
+        rows = self.failures() if failures_only else self.rows
+        body = [
+            (
+                row.name,
+                "ok" if row.passed else "FAIL",
+                "yes" if row.bitwise else "no",
+                _format_diff(row.max_abs_diff),
+                _format_diff(row.max_rel_diff),
+                row.detail,
+            )
+            for row in rows
+        ]
+        headers = ("check", "passed", "bitwise", "max abs diff", "max rel diff", "detail")
+        return tabulate.tabulate(body, headers=headers, tablefmt=fmt)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything in the report as JSON-serializable data (non-finite floats as strings).
+
+        Example:
+            >>> import json
+            >>> report = ParityReport("M", "c", (ParityRow("a", False, False, math.inf, None),),
+            ...                       ("train",), 1, 0.0, 0.0, 0)
+            >>> row = report.to_dict()["rows"][0]
+            >>> json.dumps({k: row[k] for k in ("name", "passed", "max_abs_diff", "max_rel_diff")})
+            '{"name": "a", "passed": false, "max_abs_diff": "inf", "max_rel_diff": null}'
+        """
+        data = {field.name: _jsonable(getattr(self, field.name)) for field in dataclasses.fields(self)}
+        data["ok"] = self.ok
+        data["bitwise"] = self.bitwise
+        data["summary"] = self.summary()
+        return data
+
+
+def default_loss(output: Any) -> torch.Tensor:
+    """The loss :func:`check` uses unless given one: mean square of each floating output leaf, summed.
+
+    Unlike a plain sum, its gradient depends on the output values, so a candidate whose outputs
+    agree only up to a constant offset cannot pass on gradients. Leaves are the tensors found
+    in nested tuples, lists, dicts and dataclasses; each is cast to float32 (or wider) first.
+
+    Args:
+        output: the model's output, nested in any way.
+
+    Returns:
+        A scalar; a constant 0 when no floating-point leaf exists (nothing to backpropagate).
+
+    Example:
+        >>> default_loss({"a": torch.tensor([1.0, 3.0]), "b": (torch.tensor([2.0]), 7)})
+        tensor(9.)
+    """
+    total: torch.Tensor | None = None
+    for _, leaf in _flatten(output, ""):
+        if isinstance(leaf, torch.Tensor) and leaf.is_floating_point() and leaf.numel():
+            term = leaf.to(torch.promote_types(leaf.dtype, torch.float32)).pow(2).mean()
+            total = term if total is None else total + term
+    return torch.zeros(()) if total is None else total
+
+
+def check(
+    model: nn.Module,
+    example_inputs: Any,
+    *,
+    candidate: Candidate = None,
+    steps: int = 3,
+    loss_fn: LossFn | None = None,
+    optimizer: OptimizerFactory | None = None,
+    modes: Sequence[str] = MODES,
+    atol: float = 0.0,
+    rtol: float = 0.0,
+    seed: int = 0,
+    probes: Iterable[str] = (),
+    compile_options: Mapping[str, Any] | None = None,
+) -> ParityReport:
+    """Train ``model`` and a candidate side by side and compare them after every step.
+
+    ``model`` (the reference, typically runtime-patched) is never touched: every run works on
+    deep copies. For each mode, fresh copies of the reference and the candidate run ``steps``
+    optimizer steps on ``example_inputs``; torch's RNG is seeded identically before each model's
+    forward (so dropout draws the same masks) and the global RNG state is restored afterwards.
+    Each step compares the outputs (leaf by leaf through tuples, lists, dicts, dataclasses), the
+    gradients of every parameter and input by name, then parameters and buffers after the
+    optimizer step; the parameter names and their order are a row of their own. The optimizer is
+    built after the first forward, so parameters that transforms create lazily are trained too;
+    any created later are added as a new param group on both sides. In ``"eval"`` mode the
+    backward pass and the optimizer step run as well, since a model in eval mode can still be
+    trained (fine-tuning with frozen BatchNorm statistics). After each trajectory the
+    ``state_dict()`` keys, their order and values are compared; after the last one the candidate
+    goes through ``torch.save`` / ``torch.load(weights_only=False)`` and the reloaded copy must
+    match it (``save_load/...`` rows).
+
+    A candidate that raises, or fails to save, gives failing rows, not an exception; so do
+    probes: ``"export"`` (``torch.export.export`` runs and its module matches the candidate),
+    ``"script"`` (``torch.jit.script`` likewise) and ``"dynamo"`` (``torch._dynamo.explain``
+    runs; its graph-break count goes into the row and ``graph_breaks``; breaks are reported,
+    not failed). Finally a few interleaved ``no_grad`` eval forwards give ``time_ratio``, the
+    candidate's eager time over the reference's: indicative only.
+
+    Args:
+        model: the reference model.
+        example_inputs: the positional arguments of ``model``'s forward, as a tuple or list; any
+            other object is passed as the only argument.
+        candidate: the model claimed equivalent: None for ``fxpass.compile`` of the reference,
+            an ``nn.Module`` (deep-copied for each run), or a factory called with a deep copy of
+            the reference that returns one.
+        steps: optimizer steps per mode.
+        loss_fn: output -> scalar loss; :func:`default_loss` when None.
+        optimizer: parameter list -> optimizer; ``torch.optim.SGD(params, lr=0.1)`` when None.
+        modes: the modes to run a trajectory in, among ``"train"`` and ``"eval"``.
+        atol: absolute tolerance; with ``rtol`` 0 as well, comparisons are bitwise.
+        rtol: relative tolerance.
+        seed: seed of torch's RNG before the forwards (step ``i`` uses ``seed + i``).
+        probes: optional probes among ``"export"``, ``"dynamo"`` and ``"script"``.
+        compile_options: keyword arguments of ``fxpass.compile`` (``scope``, ``concrete_args``)
+            when ``candidate`` is None.
+
+    Returns:
+        The report; ``report.ok`` says whether every check passed.
+
+    Raises:
+        InvalidModelError: ``model`` or the candidate is not an ``nn.Module``, or a model cannot be
+            deep-copied.
+        ExampleInputsError: ``model``'s forward raises on ``example_inputs``.
+        ParityArgumentError: ``steps``, ``modes``, a tolerance or a probe cannot be used.
+        FxpassError: ``fxpass.compile`` cannot compile the model (when ``candidate`` is None).
+            What a candidate factory raises, and what ``loss_fn`` or ``optimizer`` raise on the
+            reference, propagates unchanged.
+
+    Example:
+        >>> import torch, torch.nn as nn
+        >>> from imitation_runtime import imitate
+        >>> model = nn.Sequential(imitate(nn.Linear(3, 2), "round", torch.round), nn.Tanh())
+        >>> report = check(model, (torch.randn(4, 3),), steps=2)
+        >>> report.ok, report.rows[0].name, report.compile_counts
+        (True, 'train/step1/output', {'inlined': 2, 'module': 0, 'opaque': 0})
+    """
+    name = _model_name(model)
+    modes = _check_arguments(steps, modes, atol, rtol, probes)
+    probes = tuple(probes)
+    inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    run = _Run(
+        model=model,
+        name=name,
+        inputs=inputs,
+        candidate=candidate,
+        compile_options=dict(compile_options or {}),
+        loss_fn=default_loss if loss_fn is None else loss_fn,
+        optimizer=_default_optimizer if optimizer is None else optimizer,
+        atol=float(atol),
+        rtol=float(rtol),
+        seed=seed,
+    )
+    with torch.random.fork_rng():
+        run.preflight()
+        for mode in modes:
+            run.trajectory(mode, steps)
+        run.save_load()
+        for probe in probes:
+            run.probe(probe)
+        time_ratio = run.time_ratio()
+    counts, patched, kept = run.record_summary()
+    return ParityReport(
+        model=name,
+        candidate=run.candidate_label,
+        rows=tuple(run.rows),
+        modes=modes,
+        steps=steps,
+        atol=float(atol),
+        rtol=float(rtol),
+        seed=seed,
+        compile_counts=counts,
+        patched_modules=patched,
+        kept_calls=kept,
+        time_ratio=time_ratio,
+        graph_breaks=run.graph_breaks,
+    )
+
+
+# -- the run ---------------------------------------------------------------------------------------
+
+
+class _Run:
+    """State of one :func:`check` call: the configuration, the rows so far, the last models."""
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        name: str,
+        inputs: tuple[Any, ...],
+        candidate: Candidate,
+        compile_options: dict[str, Any],
+        loss_fn: LossFn,
+        optimizer: OptimizerFactory,
+        atol: float,
+        rtol: float,
+        seed: int,
+    ) -> None:
+        self.model = model
+        self.name = name
+        self.inputs = inputs
+        self.candidate = candidate
+        self.compile_options = compile_options
+        self.loss_fn = loss_fn
+        self.optimizer = optimizer
+        self.atol = atol
+        self.rtol = rtol
+        self.seed = seed
+        self.rows: list[ParityRow] = []
+        self.records: dict[str, CompileRecord] | None = None
+        self.graph_breaks: int | None = None
+        self.last_reference: nn.Module | None = None
+        self.last_candidate: nn.Module | None = None
+        if compile_options and candidate is not None:
+            raise ParityArgumentError(
+                f"check({name}): compile_options apply to fxpass.compile only; build the candidate "
+                "with them yourself, or pass candidate=None"
+            )
+        if candidate is None:
+            options = ", ".join(f"{k}={v!r}" for k, v in compile_options.items())
+            self.candidate_label = f"fxpass.compile({options})" if options else "fxpass.compile"
+        elif isinstance(candidate, nn.Module):
+            self.candidate_label = f"{type(candidate).__name__} (given)"
+        elif callable(candidate):
+            self.candidate_label = f"{_callable_name(candidate)}(model)"
+        else:
+            raise InvalidModelError(
+                f"check({name}): candidate must be None (fxpass.compile), an nn.Module or a "
+                f"factory model -> nn.Module, got {type(candidate).__name__}"
+            )
+
+    # building ------------------------------------------------------------------------------------
+
+    def reference(self) -> nn.Module:
+        return _deepcopy(self.model, self.name, "the model")
+
+    def build_candidate(self) -> nn.Module:
+        if self.candidate is None:
+            built = fxpass_compile(self.reference(), **self.compile_options)
+        elif isinstance(self.candidate, nn.Module):
+            built = _deepcopy(self.candidate, self.name, "the candidate")
+        else:
+            built = self.candidate(self.reference())
+            if not isinstance(built, nn.Module):
+                raise InvalidModelError(
+                    f"check({self.name}): the candidate factory {self.candidate_label} returned "
+                    f"{type(built).__name__}; it must return an nn.Module"
+                )
+        if self.records is None:
+            self.records = records(built)
+        return built
+
+    def record_summary(self) -> tuple[dict[str, int] | None, int | None, int | None]:
+        """Counts of the compile records of the candidate, summed over its compiled parts."""
+        if not self.records:
+            return None, None, None
+        counts: dict[str, int] = {}
+        for record in self.records.values():
+            for how, count in record.counts().items():
+                counts[how] = counts.get(how, 0) + count
+        patched = sum(len(r.patched_modules) for r in self.records.values())
+        kept = sum(len(r.kept_calls) for r in self.records.values())
+        return counts, patched, kept
+
+    def seed_for(self, step: int) -> None:
+        torch.manual_seed(self.seed + step)
+
+    # the checks ----------------------------------------------------------------------------------
+
+    def preflight(self) -> None:
+        """Run the reference once, on a copy, to tell bad inputs apart from a bad candidate."""
+        reference = self.reference()
+        self.seed_for(0)
+        try:
+            with torch.no_grad():
+                reference(*_fresh(self.inputs))
+        except Exception as e:
+            raise self.inputs_error(e, "") from e
+
+    def inputs_error(self, error: Exception, where: str) -> ExampleInputsError:
+        return ExampleInputsError(
+            f"check({self.name}): the example inputs do not fit the model{where}: "
+            f"{self.name}(*example_inputs) raised {type(error).__name__}: {error}. "
+            f"example_inputs were ({_describe_inputs(self.inputs)}); pass a tuple of the "
+            f"positional arguments that {self.name}.forward accepts"
+        )
+
+    def add(
+        self,
+        name: str,
+        result: _Comparison | None = None,
+        *,
+        passed: bool | None = None,
+        detail: str = "",
+    ) -> None:
+        """Append a row: a tensor comparison, or a verdict with its detail."""
+        if result is not None:
+            row = ParityRow(
+                name, result.passed, result.bitwise, result.max_abs, result.max_rel, result.detail
+            )
+        else:
+            assert passed is not None
+            row = ParityRow(name, passed, passed, None, None, detail)
+        self.rows.append(row)
+
+    def compare(self, reference: Mapping[str, Any], candidate: Mapping[str, Any]) -> _Comparison:
+        return _compare(reference, candidate, self.atol, self.rtol)
+
+    def trajectory(self, mode: str, steps: int) -> None:
+        training = mode == "train"
+        reference = self.reference().train(training)
+        candidate = self.build_candidate().train(training)
+        self.last_reference, self.last_candidate = reference, candidate
+        optimizers: tuple[torch.optim.Optimizer | None, torch.optim.Optimizer | None] | None = None
+        names_failure = ""
+        for step in range(1, steps + 1):
+            prefix = f"{mode}/step{step}"
+            for module in (reference, candidate):
+                for parameter in module.parameters():
+                    parameter.grad = None
+            inputs_r, inputs_c = _fresh(self.inputs), _fresh(self.inputs)
+            self.seed_for(step)
+            try:
+                out_r = reference(*inputs_r)
+            except Exception as e:
+                raise self.inputs_error(e, f" (at {prefix})") from e
+            self.seed_for(step)
+            try:
+                out_c = candidate(*inputs_c)
+            except Exception as e:  # noqa: BLE001 - a failing candidate is a failing row
+                self.add(f"{prefix}/output", passed=False, detail=f"candidate raised {_error_text(e)}")
+                break
+            self.add(f"{prefix}/output", self.compare(_flat(out_r, "output"), _flat(out_c, "output")))
+
+            names_r = [n for n, _ in reference.named_parameters()]
+            names_c = [n for n, _ in candidate.named_parameters()]
+            if not names_failure and names_r != names_c:
+                names_failure = f"at step {step}: " + _sequence_difference(names_r, names_c, "parameters")
+
+            if optimizers is None:
+                optimizers = (
+                    _make_optimizer(self.optimizer, reference),
+                    _make_optimizer(self.optimizer, candidate),
+                )
+            else:
+                for optimizer, module in zip(optimizers, (reference, candidate)):
+                    _add_new_parameters(optimizer, module)
+
+            loss_r = self.loss_fn(out_r)
+            grad_error = ""
+            if isinstance(loss_r, torch.Tensor) and loss_r.requires_grad:
+                loss_r.backward()
+                try:
+                    loss_c = self.loss_fn(out_c)
+                    if not (isinstance(loss_c, torch.Tensor) and loss_c.requires_grad):
+                        grad_error = "the candidate's loss does not require grad; nothing to backpropagate"
+                    else:
+                        loss_c.backward()
+                except Exception as e:  # noqa: BLE001 - a failing candidate is a failing row
+                    grad_error = f"candidate backward raised {_error_text(e)}"
+            if grad_error:
+                self.add(f"{prefix}/grad", passed=False, detail=grad_error)
+            else:
+                self.add(
+                    f"{prefix}/grad",
+                    self.compare(_grads(reference, inputs_r), _grads(candidate, inputs_c)),
+                )
+
+            step_error = ""
+            for which, optimizer in zip(("reference", "candidate"), optimizers or (None, None)):
+                if optimizer is None:
+                    continue
+                try:
+                    optimizer.step()
+                except Exception as e:
+                    if which == "reference":
+                        raise
+                    step_error = f"candidate optimizer step raised {_error_text(e)}"
+            if step_error:
+                self.add(f"{prefix}/params", passed=False, detail=step_error)
+                break
+            self.add(
+                f"{prefix}/params",
+                self.compare(dict(reference.named_parameters()), dict(candidate.named_parameters())),
+            )
+            self.add(
+                f"{prefix}/buffers",
+                self.compare(dict(reference.named_buffers()), dict(candidate.named_buffers())),
+            )
+
+        self.add(f"{mode}/param_names", passed=not names_failure, detail=names_failure)
+        self.state_dict_rows(f"{mode}/state_dict", reference, candidate)
+
+    def state_dict_rows(self, prefix: str, reference: nn.Module, candidate: nn.Module) -> None:
+        try:
+            state_c = candidate.state_dict()
+        except Exception as e:  # noqa: BLE001 - a failing candidate is a failing row
+            self.add(f"{prefix}/keys", passed=False, detail=f"candidate state_dict() raised {_error_text(e)}")
+            return
+        state_r = reference.state_dict()
+        keys_r, keys_c = list(state_r), list(state_c)
+        missing = [k for k in keys_r if k not in state_c]
+        extra = [k for k in keys_c if k not in state_r]
+        detail = "; ".join(
+            f"{what} in candidate: {_listing(keys)}"
+            for what, keys in (("missing", missing), ("extra", extra))
+            if keys
+        )
+        self.add(f"{prefix}/keys", passed=not detail, detail=detail)
+        common_r = [k for k in keys_r if k in state_c]
+        common_c = [k for k in keys_c if k in state_r]
+        order = "" if common_r == common_c else _sequence_difference(common_r, common_c, "keys")
+        self.add(f"{prefix}/order", passed=not order, detail=order)
+        self.add(f"{prefix}/values", self.compare(state_r, state_c))
+
+    def save_load(self) -> None:
+        candidate = self.last_candidate
+        if candidate is None:
+            return
+        buffer = io.BytesIO()
+        try:
+            torch.save(candidate, buffer)
+            buffer.seek(0)
+            loaded = torch.load(buffer, weights_only=False)
+        except Exception as e:  # noqa: BLE001 - a failing candidate is a failing row
+            detail = f"torch.save/torch.load failed: {_error_text(e)}"
+            self.add("save_load/output", passed=False, detail=detail)
+            return
+        candidate.eval()
+        loaded.eval()
+        self.add("save_load/state_dict", self.compare(candidate.state_dict(), loaded.state_dict()))
+        outputs = []
+        for module in (candidate, loaded):
+            self.seed_for(0)
+            try:
+                with torch.no_grad():
+                    outputs.append(_flat(module(*_fresh(self.inputs)), "output"))
+            except Exception as e:  # noqa: BLE001 - a failing candidate is a failing row
+                detail = f"reloaded candidate raised {_error_text(e)}"
+                self.add("save_load/output", passed=False, detail=detail)
+                return
+        self.add("save_load/output", self.compare(outputs[0], outputs[1]))
+
+    def probe(self, probe: str) -> None:
+        name = f"probe/{probe}"
+        try:
+            candidate = self.build_candidate().eval()
+            if probe == "dynamo":
+                from torch import _dynamo
+
+                _dynamo.reset()
+                try:
+                    self.seed_for(0)
+                    explained = _dynamo.explain(candidate)(*_fresh(self.inputs))
+                finally:
+                    _dynamo.reset()
+                self.graph_breaks = explained.graph_break_count
+                reasons = "".join(
+                    f"; first break: {b.reason}" for b in explained.break_reasons[:1]
+                )
+                self.add(
+                    name,
+                    passed=True,
+                    detail=f"{explained.graph_count} graph(s), {explained.graph_break_count} graph "
+                    f"break(s){reasons}",
+                )
+                return
+            converted: nn.Module
+            if probe == "export":
+                converted = torch.export.export(candidate, tuple(_fresh(self.inputs))).module()
+            else:
+                converted = torch.jit.script(candidate)
+            outputs = []
+            for module in (candidate, converted):
+                self.seed_for(0)
+                with torch.no_grad():
+                    outputs.append(_flat(module(*_fresh(self.inputs)), "output"))
+        except Exception as e:  # noqa: BLE001 - a failing candidate is a failing row
+            self.add(name, passed=False, detail=_error_text(e))
+            return
+        self.add(name, self.compare(outputs[0], outputs[1]))
+
+    def time_ratio(self) -> float | None:
+        """Median over interleaved rounds of candidate time / reference time, each round a batch
+        of eval ``no_grad`` forwards after warm-up rounds, with garbage collection off."""
+        reference, candidate = self.last_reference, self.last_candidate
+        if reference is None or candidate is None:
+            return None
+        reference.eval()
+        candidate.eval()
+        inputs = _fresh(self.inputs)
+        ratios: list[float] = []
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            with torch.no_grad():
+                for round_ in range(_TIMING_WARMUP + _TIMING_ROUNDS):
+                    spent = []
+                    for module in (reference, candidate):
+                        start = time.perf_counter()
+                        for _ in range(_TIMING_CALLS):
+                            module(*inputs)
+                        spent.append(time.perf_counter() - start)
+                    if round_ >= _TIMING_WARMUP and spent[0] > 0:
+                        ratios.append(spent[1] / spent[0])
+        except Exception:  # noqa: BLE001 - timing is best effort
+            return None
+        finally:
+            if collecting:
+                gc.enable()
+        return statistics.median(ratios) if ratios else None
+
+
+# -- comparing -------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Comparison:
+    passed: bool = True
+    bitwise: bool = True
+    max_abs: float = 0.0
+    max_rel: float = 0.0
+    detail: str = ""
+
+
+def _compare(
+    reference: Mapping[str, Any], candidate: Mapping[str, Any], atol: float, rtol: float
+) -> _Comparison:
+    """Compare two name -> value mappings entry by entry; a name on one side only is a mismatch."""
+    result = _Comparison()
+    failed: list[str] = []
+    worst = ""
+    for label in list(reference) + [k for k in candidate if k not in reference]:
+        if label not in candidate or label not in reference:
+            equal = close = False
+            reason = "missing in candidate" if label not in candidate else "only in candidate"
+            result.max_abs = result.max_rel = math.inf
+        else:
+            equal, close, reason, max_abs, max_rel = _compare_values(
+                reference[label], candidate[label], atol, rtol
+            )
+            if max_abs > result.max_abs:
+                worst = label
+            result.max_abs = max(result.max_abs, max_abs)
+            result.max_rel = max(result.max_rel, max_rel)
+        result.bitwise &= equal
+        if not close:
+            if not failed:
+                result.detail = f"{label}: {reason}"
+            failed.append(label)
+    result.passed = not failed
+    if len(failed) > 1:
+        result.detail += f" (and {len(failed) - 1} more: {_listing(failed[1:])})"
+    if result.passed and not result.bitwise:
+        result.detail = f"within tolerance, not bitwise; largest difference at {worst}"
+    return result
+
+
+def _compare_values(
+    reference: Any, candidate: Any, atol: float, rtol: float
+) -> tuple[bool, bool, str, float, float]:
+    """(bitwise equal, passed, why not, max abs diff, max rel diff) of one pair of leaves."""
+    numbers = [isinstance(v, (int, float)) and not isinstance(v, bool) for v in (reference, candidate)]
+    if all(numbers):  # Python scalars in an output: compare them as float64 tensors
+        reference, candidate = torch.tensor(float(reference)), torch.tensor(float(candidate))
+    if isinstance(reference, torch.Tensor) and isinstance(candidate, torch.Tensor):
+        return _compare_tensors(reference.detach(), candidate.detach(), atol, rtol)
+    if isinstance(reference, torch.Tensor) or isinstance(candidate, torch.Tensor):
+        return False, False, f"{_kind(reference)} vs {_kind(candidate)}", math.inf, math.inf
+    try:
+        equal = type(reference) is type(candidate) and bool(reference == candidate)
+    except Exception:  # noqa: BLE001 - an == that fails means "not equal"
+        equal = False
+    reason = "" if equal else f"{reference!r} vs {candidate!r}"
+    return equal, equal, reason, 0.0, 0.0
+
+
+def _compare_tensors(
+    reference: torch.Tensor, candidate: torch.Tensor, atol: float, rtol: float
+) -> tuple[bool, bool, str, float, float]:
+    if reference.shape != candidate.shape:
+        reason = f"shape {tuple(reference.shape)} vs {tuple(candidate.shape)}"
+        return False, False, reason, math.inf, math.inf
+    if reference.dtype != candidate.dtype:
+        return False, False, f"dtype {reference.dtype} vs {candidate.dtype}", math.inf, math.inf
+    if reference.device != candidate.device:
+        reference = reference.to(candidate.device)
+    try:
+        if reference.layout != torch.strided:
+            reference, candidate = reference.to_dense(), candidate.to_dense()
+        if reference.is_quantized:
+            reference, candidate = reference.dequantize(), candidate.dequantize()
+    except Exception as e:  # noqa: BLE001 - any failure to compare is a mismatch
+        return False, False, f"cannot compare: {_error_text(e)}", math.inf, math.inf
+    if reference.numel() == 0:
+        return True, True, "", 0.0, 0.0
+    if reference.is_complex():
+        wide_r, wide_c = reference.to(torch.complex128), candidate.to(torch.complex128)
+    else:
+        wide_r, wide_c = reference.to(torch.float64), candidate.to(torch.float64)
+    both_nan = wide_r.isnan() & wide_c.isnan()
+    diff = (wide_r - wide_c).abs()
+    diff = torch.where(both_nan, torch.zeros_like(diff), diff)
+    diff = torch.where(diff.isnan(), torch.full_like(diff, math.inf), diff)
+    scale = wide_r.abs()
+    rel = torch.where(diff == 0, torch.zeros_like(diff), diff / scale)
+    rel = torch.where(rel.isnan(), torch.full_like(rel, math.inf), rel)
+    max_abs, max_rel = float(diff.max()), float(rel.max())
+    equal = bool((diff == 0).all())
+    if atol == 0 and rtol == 0:
+        close = equal
+    else:
+        close = bool(torch.isclose(wide_r, wide_c, rtol=rtol, atol=atol, equal_nan=True).all())
+    reason = ""
+    if not close:
+        count = int((diff != 0).sum())
+        reason = f"{count} of {reference.numel()} elements differ, max abs diff {max_abs:.3g}"
+    return equal, close, reason, max_abs, max_rel
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def _flatten(value: Any, path: str) -> Iterator[tuple[str, Any]]:
+    """(path, leaf) pairs of a nested output: tensors and other non-container values are leaves."""
+    if isinstance(value, torch.Tensor):
+        yield path, value
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _flatten(item, f"{path}[{key!r}]")
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for field in dataclasses.fields(value):
+            yield from _flatten(getattr(value, field.name), f"{path}.{field.name}")
+    elif isinstance(value, tuple) and hasattr(value, "_fields"):
+        for field, item in zip(value._fields, value):
+            yield from _flatten(item, f"{path}.{field}")
+    elif isinstance(value, (tuple, list)):
+        for index, item in enumerate(value):
+            yield from _flatten(item, f"{path}[{index}]")
+    else:
+        yield path, value
+
+
+def _flat(value: Any, root: str) -> dict[str, Any]:
+    return dict(_flatten(value, root))
+
+
+def _fresh(value: Any) -> Any:
+    """A copy of nested inputs with new tensors, so one model's in-place edits cannot reach another."""
+    if isinstance(value, torch.Tensor):
+        copied = value.detach().clone()
+        if copied.is_floating_point() or copied.is_complex():
+            copied.requires_grad_(value.requires_grad)
+        return copied
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return type(value)(*(_fresh(v) for v in value))
+    if isinstance(value, (tuple, list)):
+        return type(value)(_fresh(v) for v in value)
+    if isinstance(value, dict):
+        return type(value)((k, _fresh(v)) for k, v in value.items())
+    return copy.deepcopy(value)
+
+
+def _grads(module: nn.Module, inputs: Any) -> dict[str, Any]:
+    grads: dict[str, Any] = {name: p.grad for name, p in module.named_parameters()}
+    for path, leaf in _flatten(inputs, "inputs"):
+        if isinstance(leaf, torch.Tensor) and leaf.requires_grad:
+            grads[path] = leaf.grad
+    return grads
+
+
+def _default_optimizer(params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=0.1)
+
+
+def _make_optimizer(factory: OptimizerFactory, module: nn.Module) -> torch.optim.Optimizer | None:
+    params = list(module.parameters())
+    return factory(params) if params else None
+
+
+def _add_new_parameters(optimizer: torch.optim.Optimizer | None, module: nn.Module) -> None:
+    if optimizer is None:
+        return
+    known = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    new = [p for p in module.parameters() if id(p) not in known]
+    if new:
+        optimizer.add_param_group({"params": new})
+
+
+def _deepcopy(module: Any, name: str, what: str) -> nn.Module:
+    try:
+        return copy.deepcopy(module)
+    except Exception as e:
+        raise InvalidModelError(
+            f"check({name}): {what} cannot be deep-copied ({_error_text(e)}); check works on "
+            "copies so that the model given is never changed"
+        ) from e
+
+
+def _model_name(model: Any) -> str:
+    if not isinstance(model, nn.Module):
+        raise InvalidModelError(
+            f"fxpass.parity.check expects an nn.Module as the reference model, got {type(model).__name__}"
+        )
+    return type(model).__name__
+
+
+def _check_arguments(
+    steps: int, modes: Sequence[str], atol: float, rtol: float, probes: Iterable[str]
+) -> tuple[str, ...]:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ParityArgumentError(f"check: steps must be a positive int, got {steps!r}")
+    if isinstance(modes, str):
+        modes = (modes,)
+    modes = tuple(modes)
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not modes:
+        raise ParityArgumentError(
+            f"check: modes must be a non-empty sequence of {', '.join(MODES)}; got {modes!r}"
+        )
+    for label, value in (("atol", atol), ("rtol", rtol)):
+        if not isinstance(value, (int, float)) or not value >= 0:
+            raise ParityArgumentError(f"check: {label} must be a number >= 0, got {value!r}")
+    if isinstance(probes, str):
+        raise ParityArgumentError(f"check: probes must be a sequence of names, e.g. ({probes!r},)")
+    unknown = [p for p in probes if p not in PROBES]
+    if unknown:
+        raise ParityArgumentError(
+            f"check: unknown probe(s) {', '.join(map(repr, unknown))}; choose among {', '.join(PROBES)}"
+        )
+    return modes
+
+
+def _sequence_difference(reference: list[str], candidate: list[str], what: str) -> str:
+    for index, (a, b) in enumerate(zip(reference, candidate)):
+        if a != b:
+            return f"{what} differ at position {index}: {a!r} (reference) vs {b!r} (candidate)"
+    if len(reference) != len(candidate):
+        longer, which = (candidate, "candidate")
+        if len(reference) > len(candidate):
+            longer, which = reference, "reference"
+        shorter = min(len(reference), len(candidate))
+        return f"only the {which} has {what} {_listing(longer[shorter:])}"
+    return ""
+
+
+def _listing(items: Sequence[str]) -> str:
+    shown = ", ".join(items[:_MAX_LISTED])
+    return shown + (f", ... ({len(items)} in all)" if len(items) > _MAX_LISTED else "")
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"Tensor{list(value.shape)}"
+    return "None" if value is None else type(value).__name__
+
+
+def _callable_name(function: Callable[..., Any]) -> str:
+    owner = getattr(function, "__self__", None)
+    if isinstance(owner, type):  # a classmethod: name the class it was looked up on
+        return f"{owner.__name__}.{function.__name__}"
+    return getattr(function, "__qualname__", type(function).__name__)
+
+
+def _describe_inputs(inputs: tuple[Any, ...]) -> str:
+    def one(value: Any) -> str:
+        if isinstance(value, torch.Tensor):
+            return f"Tensor{list(value.shape)} {str(value.dtype).removeprefix('torch.')}"
+        return type(value).__name__
+
+    return ", ".join(one(v) for v in inputs) or "no arguments"
+
+
+def _error_text(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _format_diff(value: float | None) -> str:
+    return "" if value is None else f"{value:.3g}"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    return value
