@@ -290,7 +290,7 @@ class QsparseNet(nn.Module):
         from qsparse import prune, quantize
         from qsparse import set_qsparse_options
 
-        set_qsparse_options(log_on_created=False)
+        set_qsparse_options(log_on_created=False, log_during_train=False)
         self.conv = quantize(
             prune(nn.Conv2d(3, 6, 3), sparsity=0.5, start=1, interval=1, repetition=2),
             bits=6,
