@@ -10,13 +10,13 @@ import torch.nn as nn
 
 from fxpass.errors import FreezeError, InvalidModelError
 from fxpass.ops import call_with_overrides
-from fxpass.record import META_KEY, CompileRecord, Rewrite, record_of
+from fxpass.record import Rewrite, find_record, record_of
 from fxpass.rewrite import compile
 
 __all__ = ["freeze"]
 
-#: Key, in the frozen GraphModule's ``meta``, of the names of the frozen tensors.
-FROZEN_KEY = "fxpass_frozen"
+#: Attribute of a frozen GraphModule listing the buffers that hold frozen transform outputs.
+FROZEN_ATTRIBUTE = "_fxpass_frozen"
 
 
 def _compiled_copy(model: nn.Module) -> torch.fx.GraphModule:
@@ -25,7 +25,7 @@ def _compiled_copy(model: nn.Module) -> torch.fx.GraphModule:
             f"fxpass.freeze expects an nn.Module, got {type(model).__name__}; pass the "
             "runtime-patched model or its fxpass.compile result"
         )
-    if isinstance(model, torch.fx.GraphModule) and isinstance(model.meta.get(META_KEY), CompileRecord):
+    if find_record(model) is not None:
         return copy.deepcopy(model)
     return compile(copy.deepcopy(model))
 
@@ -109,7 +109,7 @@ def freeze(model: nn.Module) -> torch.fx.GraphModule:
             graph.erase_node(node)
     graph.lint()
     result = torch.fx.GraphModule(gm, graph, class_name=type(gm).__name__)
-    result.meta[FROZEN_KEY] = tuple(frozen)
+    setattr(result, FROZEN_ATTRIBUTE, tuple(frozen))
     return result.eval()
 
 

@@ -14,7 +14,7 @@ import torch
 import torch.fx
 import torch.nn as nn
 
-__all__ = ["ByValue", "Opaque", "call_with_overrides"]
+__all__ = ["ByValue", "CompiledGraphModule", "Opaque", "call_with_overrides"]
 
 _MISSING = object()
 
@@ -156,3 +156,44 @@ class Opaque(nn.Module):
         if by_value is not None:
             state["fn"] = pickle.loads(by_value)
         super().__setstate__(state)
+
+
+# torch.fx's key (in GraphModule.meta) of the attributes that deepcopy sets on the copy.
+PRESERVED = getattr(torch.fx.graph_module, "_USER_PRESERVED_ATTRIBUTES_KEY", "_user_preserved_attributes")
+
+#: The attributes that hold a module's tree.
+TREE_ATTRIBUTES = ("_parameters", "_buffers", "_non_persistent_buffers_set", "_modules")
+
+
+class CompiledGraphModule(torch.fx.GraphModule):
+    """The GraphModule :func:`fxpass.compile` returns.
+
+    A plain GraphModule rebuilds its module tree from the targets its graph references when it is
+    deep-copied, and forgets ``meta`` when it is unpickled. This one keeps the compiled model's
+    whole tree (every module, parameter and buffer of the runtime model, in its order) and the
+    attributes listed in ``meta[PRESERVED]`` (fxpass's record) through both.
+    """
+
+    def preserve(self, **attributes: Any) -> None:
+        """Keep the current tree containers, and ``attributes``, through copies and pickles."""
+        tree = {name: self.__dict__[name] for name in TREE_ATTRIBUTES}
+        self.meta[PRESERVED] = {**tree, **attributes}
+        for name, value in attributes.items():
+            setattr(self, name, value)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        rebuild, args = super().__reduce__()
+        return (_rebuild_compiled, (rebuild, args, self.meta.get(PRESERVED, {})))
+
+
+def _rebuild_compiled(rebuild: Callable[..., Any], args: tuple, preserved: dict[str, Any]) -> nn.Module:
+    gm = rebuild(*args)
+    gm.__class__ = type("GraphModuleImpl", (CompiledGraphModule,), {})
+    gm.recompile()  # the generated forward lives on the (new) class
+    gm.meta[PRESERVED] = preserved
+    for name, value in preserved.items():
+        if name in TREE_ATTRIBUTES:
+            gm.__dict__[name] = value
+        else:
+            setattr(gm, name, value)
+    return gm

@@ -10,12 +10,19 @@ import torch.fx
 
 from fxpass.errors import NotCompiledError
 
-__all__ = ["CompileRecord", "KeptCall", "Rewrite", "record_of"]
+__all__ = ["CompileRecord", "KeptCall", "Rewrite", "find_record", "record_of"]
 
 How = Literal["inlined", "module", "opaque"]
 
-#: Key of the record in ``GraphModule.meta``.
-META_KEY = "fxpass"
+#: Attribute of a compiled GraphModule that holds its record. (Not ``GraphModule.meta``: torch.fx
+#: drops ``meta`` when it rebuilds an unpickled GraphModule, but keeps other attributes.)
+RECORD_ATTRIBUTE = "_fxpass_record"
+
+
+def find_record(module: object) -> CompileRecord | None:
+    """The record of a compiled GraphModule, or None for any other object."""
+    record = getattr(module, RECORD_ATTRIBUTE, None) if isinstance(module, torch.fx.GraphModule) else None
+    return record if isinstance(record, CompileRecord) else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,8 +114,8 @@ def record_of(gm: torch.fx.GraphModule) -> CompileRecord:
         >>> [(r.attribute, r.how) for r in fxpass.record_of(gm).rewrites]
         [('weight', 'inlined'), ('bias', 'inlined')]
     """
-    record = getattr(gm, "meta", {}).get(META_KEY)
-    if not isinstance(record, CompileRecord):
+    record = find_record(gm)
+    if record is None:
         raise NotCompiledError(
             f"{type(gm).__name__} carries no fxpass record: it was not produced by "
             "fxpass.compile; compile the model first"

@@ -8,8 +8,9 @@ import torch.fx
 import torch.nn as nn
 
 from fxpass.errors import InvalidModelError, UntraceableModelError
+from fxpass.ops import CompiledGraphModule
 from fxpass.patches import find_patch_stack, join_path
-from fxpass.record import META_KEY, CompileRecord
+from fxpass.record import RECORD_ATTRIBUTE, CompileRecord, find_record
 from fxpass.shells import build_shells, copy_module, has_patch, is_default_leaf
 from fxpass.tracer import PatchTracer
 
@@ -92,22 +93,34 @@ def _compile_model(model: nn.Module, concrete_args: dict[str, Any] | None) -> to
     graph._tracer_cls = None
     graph._tracer_extras = None
     root = tree.root
-    gm = torch.fx.GraphModule(root, graph, class_name=type(model).__name__)
+    gm = CompiledGraphModule(root, graph, class_name=type(model).__name__)
     # GraphModule copies only what the graph references, creating plain containers in graph order;
     # the compiled model must keep the model's whole tree, in its order, so its state_dict() and
     # named_parameters() match the runtime model's.
-    namespace = gm.__dict__
-    namespace["_parameters"] = dict(root._parameters)
-    namespace["_buffers"] = dict(root._buffers)
-    namespace["_non_persistent_buffers_set"] = set(root._non_persistent_buffers_set)
-    namespace["_modules"] = dict(root._modules)
-    gm.training = model.training
-    gm.graph.lint()
-    gm.meta[META_KEY] = CompileRecord(
-        patched_modules=tuple(p.path for p in tree.patched.values()),
-        rewrites=tuple(tracer.rewrites),
-        kept_calls=tuple(tracer.kept),
+    # Tensor constants of the graph (closures over tensors) are attributes, not state.
+    constants = {
+        node.target: gm._buffers[node.target]
+        for node in graph.nodes
+        if node.op == "get_attr" and node.target in gm._buffers and node.target not in root._buffers
+    }
+    gm.__dict__.update(
+        _parameters=dict(root._parameters),
+        _buffers=dict(root._buffers),
+        _non_persistent_buffers_set=set(root._non_persistent_buffers_set),
+        _modules=dict(root._modules),
     )
+    gm.training = model.training
+    gm.preserve(
+        **constants,
+        **{
+            RECORD_ATTRIBUTE: CompileRecord(
+                patched_modules=tuple(p.path for p in tree.patched.values()),
+                rewrites=tuple(tracer.rewrites),
+                kept_calls=tuple(tracer.kept),
+            )
+        },
+    )
+    gm.graph.lint()
     return gm
 
 
@@ -153,8 +166,5 @@ def records(model: nn.Module) -> dict[str, CompileRecord]:
         >>> list(fxpass.records(fxpass.compile(model, scope="module")))
         ['']
     """
-    return {
-        name: m.meta[META_KEY]
-        for name, m in model.named_modules()
-        if isinstance(m, torch.fx.GraphModule) and isinstance(m.meta.get(META_KEY), CompileRecord)
-    }
+    found = ((name, find_record(m)) for name, m in model.named_modules())
+    return {name: record for name, record in found if record is not None}

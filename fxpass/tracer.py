@@ -192,6 +192,19 @@ class PatchTracer(torch.fx.Tracer):
             name = self._tensor_names.get(id(a))
             if name is not None:
                 return self.create_node("get_attr", name, (), {})
+            if a.grad_fn is not None:
+                # Computed eagerly from a parameter that torch.fx did not see being read (say,
+                # through module._parameters): as a constant it would freeze the value and cut
+                # the gradient, the very bug of plain symbolic_trace on patched modules.
+                scope = self._scopes[-1] if self._scopes else None
+                where = f"{scope.path} ({type(scope.module).__name__})" if scope and scope.path else "the model"
+                raise UnsupportedPatchError(
+                    f"{where}: a tensor computed from parameters outside torch.fx's view (a "
+                    f"{a.grad_fn.name()} result; does a property or forward read "
+                    "module._parameters directly?) would be frozen into the graph as a constant; "
+                    "read tensors as attributes, or apply the transform with "
+                    "imitation_runtime.imitate"
+                )
         return super().create_arg(a)
 
     def call_module(

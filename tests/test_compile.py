@@ -142,6 +142,7 @@ def test_pickle_and_torch_save_round_trips(entry: zoo.ZooEntry) -> None:
             assert isinstance(loaded, torch.fx.GraphModule)
         else:
             assert type(loaded) is type(runtime)
+        assert fxpass.records(loaded) == fxpass.records(gm)  # the record travels with the model
         _assert_state_equal(gm, loaded)
         reference = copy.deepcopy(runtime)  # the state both had when gm was saved
         for mode in MODE_SEQUENCE:
@@ -375,3 +376,53 @@ def test_unknown_class_patch_is_refused_not_frozen() -> None:
     model = nn.Sequential(layer)
     with pytest.raises(fxpass.UnsupportedPatchError, match=r"0 \(Sneaky\).*overrides 'weight'.*imitate"):
         fxpass.compile(model)
+
+
+@pytest.mark.parametrize("entry", zoo_params())
+def test_copies_and_pickles_keep_the_whole_tree_and_the_record(entry: zoo.ZooEntry) -> None:
+    model, inputs = entry.build()
+    compiled = compile_entry(entry, model)
+
+    def layout(m: nn.Module):
+        return [n for n, _ in m.named_modules()], list(m.state_dict()), fxpass.records(m)
+
+    expected = layout(compiled)
+    pickled = pickle.loads(pickle.dumps(compiled))
+    variants = {
+        "deepcopy": copy.deepcopy(compiled),
+        "pickle": pickled,
+        "pickle, deepcopy": copy.deepcopy(pickled),
+        "deepcopy, pickle": pickle.loads(pickle.dumps(copy.deepcopy(compiled))),
+    }
+    for how, variant in variants.items():
+        assert layout(variant) == expected, how
+    compiled.eval()
+    for how, variant in variants.items():
+        assert torch.equal(variant.eval()(*inputs), compiled(*inputs)), how
+
+
+def test_top_level_non_persistent_buffer_stays_out_of_state_dict_through_copies() -> None:
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = imitate(nn.Linear(2, 2), "halve", lambda w: w / 2)
+            self.register_buffer("scale", torch.tensor(3.0), persistent=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x) * self.scale
+
+    model = Scaled()
+    gm = fxpass.compile(model)
+    for variant in (gm, copy.deepcopy(gm), pickle.loads(pickle.dumps(gm))):
+        assert list(variant.state_dict()) == list(model.state_dict()) == ["fc.weight", "fc.bias"]
+
+
+def test_closure_over_a_tensor_is_a_constant_attribute_not_state() -> None:
+    mask = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    model = nn.Sequential(imitate(nn.Linear(2, 2), "mask", lambda w: w * mask))
+    gm = fxpass.compile(model)
+    x = torch.randn(3, 2)
+    for variant in (gm, copy.deepcopy(gm), pickle.loads(pickle.dumps(gm))):
+        variant.graph.lint()
+        assert list(variant.state_dict()) == ["0.weight", "0.bias"]
+        assert torch.equal(variant(x), model(x))

@@ -70,7 +70,7 @@ def test_freeze_matches_runtime_eval_output_bitwise(entry: zoo.ZooEntry) -> None
         assert node.target is not call_with_overrides
         if node.op == "call_module":
             assert not isinstance(frozen.get_submodule(node.target), (zoo.LearnedScale, fxpass.ops.Opaque))
-    assert frozen.meta["fxpass_frozen"]
+    assert frozen._fxpass_frozen
 
 
 def test_freeze_accepts_a_compiled_model_and_is_a_snapshot() -> None:
