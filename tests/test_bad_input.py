@@ -1,0 +1,170 @@
+"""Bad input, across the whole public surface: each case raises an error of a fitting type (one
+base class per package, deriving from a builtin), whose message says what is wrong, where, and
+what to do; and nothing is mutated. docs/bad-input.md lists the same cases."""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.nn.utils import parametrize
+
+import fxpass
+from fxpass import zoo
+from fxpass.cli import main
+from imitation_runtime import errors as runtime_errors
+from imitation_runtime import imitate, unimitate
+from tests.support import assert_same_snapshot, snapshot
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "bad-input.md"
+
+
+class Branching(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = imitate(nn.Linear(3, 3), "halve", lambda w: w / 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) if x.sum() > 0 else x
+
+
+class ReadsMode(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = imitate(nn.Linear(3, 3), "halve", lambda w: w / 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.dropout(self.fc(x), 0.5, self.training)
+
+
+class FailsInEval(nn.Module):
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            raise ValueError("no calibration data")
+        return w
+
+
+class Sneaky(nn.Linear):
+    @property
+    def weight(self) -> torch.Tensor:  # type: ignore[override]
+        return self._parameters["weight"] * 3
+
+
+class ReadsTwice(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(3, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.dropout(x @ self.weight, 0.1, self.training) + self.weight.sum()
+
+
+def _sneaky() -> nn.Module:
+    layer = nn.Linear(2, 2)
+    layer.__class__ = Sneaky
+    return nn.Sequential(layer)
+
+
+def _patched_on_top() -> nn.Module:
+    layer = imitate(nn.Linear(3, 3), "halve", lambda w: w / 2)
+    parametrize.register_parametrization(layer, "bias", nn.Identity())
+    return layer
+
+
+def _cli(*argv: str) -> Callable[[Any], Any]:
+    def run(_: Any) -> None:
+        code = main(list(argv))
+        if code != 2:
+            raise AssertionError(f"exit {code}")
+        raise SystemExit(code)
+
+    return run
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    id: str
+    build: Callable[[], Any]  # the object the call receives (snapshotted when a module)
+    call: Callable[[Any], Any]
+    error: type[BaseException]
+    words: tuple[str, ...]
+    base: type[BaseException] = fxpass.FxpassError
+
+
+R = runtime_errors.ImitationError
+CASES = [
+    Case("imitate-not-a-module", lambda: torch.ones(2), lambda t: imitate(t, "halve", abs),
+         TypeError, ("imitate", "Tensor", "nn.Module"), R),
+    Case("imitate-no-weight", nn.ReLU, lambda m: imitate(m, "halve", abs),
+         ValueError, ("ReLU", "weight"), R),
+    Case("imitate-dotted-name", lambda: nn.Linear(2, 2), lambda m: imitate(m, "a.b", abs),
+         ValueError, ("'a.b'", "dotted", "'a_b'"), R),
+    Case("imitate-name-collides", lambda: nn.Linear(2, 2), lambda m: imitate(m, "forward", abs),
+         ValueError, ("forward", "choose another name"), R),
+    Case("imitate-not-callable", lambda: nn.Linear(2, 2), lambda m: imitate(m, "halve", 0.5),
+         TypeError, ("halve", "callable"), R),
+    Case("imitate-bias-thing-without-bias", lambda: nn.Embedding(3, 2),
+         lambda m: imitate(m, "halve", abs, abs), ValueError, ("Embedding", "bias"), R),
+    Case("unimitate-not-imitated", lambda: nn.Linear(2, 2), unimitate,
+         ValueError, ("Linear", "not imitated"), R),
+    Case("unimitate-foreign-patch-on-top", _patched_on_top, unimitate,
+         ValueError, ("Parametrized", "remove"), R),
+    Case("pickle-runtime-model", lambda: nn.Sequential(imitate(nn.Linear(2, 2), "halve", abs)), pickle.dumps,
+         pickle.PicklingError, ("halve", "fxpass.compile", "state_dict"), R),
+    Case("compile-not-a-module", lambda: {"weight": torch.ones(1)}, fxpass.compile,
+         TypeError, ("nn.Module", "dict")),
+    Case("compile-untraceable-forward", Branching, fxpass.compile,
+         RuntimeError, ("Branching", "concrete_args", "scope='module'")),
+    Case("compile-forward-reads-training", ReadsMode, fxpass.compile,
+         RuntimeError, ("ReadsMode", "self.training", "submodule")),
+    Case("compile-class-patch-reading-parameters-directly", _sneaky, fxpass.compile,
+         ValueError, ("0 (Sneaky)", "module._parameters", "constant", "imitation_runtime.imitate")),
+    Case("compile-stateful-transform-read-twice-in-kept-call",
+         lambda: nn.Sequential(imitate(ReadsTwice(), "scale", zoo.LearnedScale())), fxpass.compile,
+         ValueError, ("0 (ReadsTwice)", "2 times", "stateful")),
+    Case("compile-bad-scope", lambda: nn.Linear(2, 2), lambda m: fxpass.compile(m, scope="layer"),
+         TypeError, ("scope", "'layer'")),
+    Case("compile-module-scope-patched-module-alone",
+         lambda: nn.ModuleDict({"bn": imitate(nn.BatchNorm1d(3), "halve", abs)}),
+         lambda m: fxpass.compile(m, scope="module"), RuntimeError, ("bn (BatchNorm1d)", "wrap it")),
+    Case("freeze-not-a-module", lambda: "model.pt", fxpass.freeze, TypeError, ("freeze", "str")),
+    Case("freeze-transform-fails", lambda: nn.Sequential(imitate(nn.Linear(2, 2), "calibrate", FailsInEval())),
+         fxpass.freeze, RuntimeError, ("'calibrate' of 0", "FailsInEval", "no calibration data")),
+    Case("record-of-plain-graph-module", lambda: torch.fx.symbolic_trace(nn.Linear(2, 2)), fxpass.record_of,
+         ValueError, ("fxpass.compile",)),
+    Case("parity-inputs-do-not-fit", lambda: nn.Sequential(imitate(nn.Linear(2, 2), "halve", abs)),
+         lambda m: fxpass.parity.check(m, (torch.ones(3, 5),)), ValueError, ("Sequential", "Tensor[3, 5]")),
+    Case("parity-no-steps", lambda: nn.Sequential(imitate(nn.Linear(2, 2), "halve", abs)),
+         lambda m: fxpass.parity.check(m, (torch.ones(3, 2),), steps=0), ValueError, ("steps",)),
+    Case("cli-factory-does-not-import", lambda: None, _cli("compile", "no_such.models:build", "-o", "x.pt"),
+         SystemExit, (), SystemExit),
+    Case("cli-inspect-missing-file", lambda: None, _cli("inspect", "missing.pt"),
+         SystemExit, (), SystemExit),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    target = case.build()
+    before = snapshot(target) if isinstance(target, nn.Module) else None
+    with pytest.raises(case.error) as info:
+        case.call(target)
+    assert isinstance(info.value, case.base)
+    for word in case.words:
+        assert word in str(info.value), (word, str(info.value))
+    assert not isinstance(info.value, (KeyError, AttributeError, IndexError))
+    if before is not None:
+        assert_same_snapshot(before, snapshot(target))
+
+
+def test_the_docs_list_every_case() -> None:
+    text = DOCS.read_text()
+    missing = [c.id for c in CASES if f"`{c.id}`" not in text]
+    assert not missing
+    assert len(CASES) >= 15
