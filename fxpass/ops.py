@@ -14,7 +14,7 @@ import torch
 import torch.fx
 import torch.nn as nn
 
-__all__ = ["ByValue", "CompiledGraphModule", "Opaque", "call_with_overrides"]
+__all__ = ["ByValue", "CompiledGraphModule", "LoadTracer", "Opaque", "call_with_overrides"]
 
 _MISSING = object()
 
@@ -156,6 +156,30 @@ class Opaque(nn.Module):
         if by_value is not None:
             state["fn"] = pickle.loads(by_value)
         super().__setstate__(state)
+
+
+class LoadTracer(torch.fx.Tracer):
+    """The tracer torch.fx uses to rebuild a compiled model's graph when it is unpickled.
+
+    torch.fx re-traces the generated code on load; its default tracer looks every parameter up by
+    scanning ``named_parameters()``, which makes loading quadratic in model size. This one looks
+    tensors up by identity.
+    """
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
+        if isinstance(attr_val, torch.Tensor):
+            names = self.__dict__.get("_fxpass_names")
+            if names is None or names[0] is not self.root:
+                table: dict[int, str] = {}
+                for name, tensor in [*self.root.named_parameters(), *self.root.named_buffers()]:
+                    table.setdefault(id(tensor), name)
+                names = self.__dict__["_fxpass_names"] = (self.root, table)
+            name = names[1].get(id(attr_val))
+            if name is not None:
+                if name not in parameter_proxy_cache:
+                    parameter_proxy_cache[name] = self.create_proxy("get_attr", name, (), {})
+                return parameter_proxy_cache[name]
+        return attr_val
 
 
 # torch.fx's key (in GraphModule.meta) of the attributes that deepcopy sets on the copy.

@@ -8,7 +8,7 @@ import torch.fx
 import torch.nn as nn
 
 from fxpass.errors import InvalidModelError, UntraceableModelError
-from fxpass.ops import CompiledGraphModule
+from fxpass.ops import CompiledGraphModule, LoadTracer
 from fxpass.patches import find_patch_stack, join_path
 from fxpass.record import RECORD_ATTRIBUTE, CompileRecord, find_record
 from fxpass.shells import build_shells, copy_module, has_patch, is_default_leaf
@@ -89,8 +89,8 @@ def _compile_model(model: nn.Module, concrete_args: dict[str, Any] | None) -> to
     tracer = PatchTracer(tree)
     graph = tracer.trace_tree(concrete_args)
     # A pickled GraphModule is re-traced on load with a subclass of the tracer recorded here;
-    # ours needs the shell tree, so let torch.fx use its own.
-    graph._tracer_cls = None
+    # ours needs the shell tree, so name one that only looks tensors up fast.
+    graph._tracer_cls = LoadTracer
     graph._tracer_extras = None
     root = tree.root
     gm = CompiledGraphModule(root, graph, class_name=type(model).__name__)
