@@ -207,12 +207,19 @@ class CompiledGraphModule(torch.fx.GraphModule):
 
     def __reduce__(self) -> tuple[Any, ...]:
         rebuild, args = super().__reduce__()
-        return (_rebuild_compiled, (rebuild, args, self.meta.get(PRESERVED, {})))
+        preserved = self.meta.get(PRESERVED, {})
+        return (_rebuild_compiled, (rebuild, args, preserved, type(self).__name__))
 
 
-def _rebuild_compiled(rebuild: Callable[..., Any], args: tuple, preserved: dict[str, Any]) -> nn.Module:
+def _rebuild_compiled(
+    rebuild: Callable[..., Any], args: tuple, preserved: dict[str, Any], class_name: str = "GraphModule"
+) -> nn.Module:
     gm = rebuild(*args)
-    gm.__class__ = type("GraphModuleImpl", (CompiledGraphModule,), {})
+    # One class per instance, as GraphModule makes them: torch.fx recognises those by their
+    # qualified name; the name is the model's, as when it was compiled.
+    cls = type("GraphModuleImpl", (CompiledGraphModule,), {})
+    cls.__name__ = class_name
+    gm.__class__ = cls
     gm.recompile()  # the generated forward lives on the (new) class
     gm.meta[PRESERVED] = preserved
     for name, value in preserved.items():

@@ -29,7 +29,7 @@ def compile(  # noqa: A001 - the library's verb, like torch.compile
 
     Every read of a patched attribute (``imitate``, qsparse's ``imitate``, torch parametrize)
     becomes a ``get_attr`` of the raw tensor followed by the transforms as graph nodes. The result
-    holds no patched class, so it pickles, ``torch.save``\\ s whole and travels to worker
+    holds no patched class, so it pickles, saves whole with ``torch.save`` and travels to worker
     processes; its outputs, gradients, ``state_dict()`` (raw values, same keys in the same order)
     and ``named_parameters()`` equal the runtime model's, in train and in eval mode.
 

@@ -334,6 +334,7 @@ def _seeded(cls: type[nn.Module], *shape: int, tokens: int | None = None) -> Cal
     return build
 
 
+#: Every entry, in the order the command line and the tests run them.
 ZOO: tuple[ZooEntry, ...] = (
     ZooEntry("mlp", _seeded(MLP, 4, 8), "MLP, importable and closure transforms"),
     ZooEntry("cnn_bn", _seeded(ConvBN, 2, 3, 8, 8), "conv + imitated BatchNorm"),

@@ -46,7 +46,12 @@ def _loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def _train_one_step(
     rank: int, model: nn.Module, port: int, inputs: torch.Tensor, targets: torch.Tensor, out: str
 ) -> None:
-    """Worker: one DDP step on this rank's half of the batch; rank 0 saves the reduced gradients."""
+    """Worker: one DDP step on this rank's half of the batch; rank 0 saves the reduced gradients.
+
+    torch.multiprocessing passes CPU tensors through shared memory, so each rank trains its own
+    copy, as a real job's ranks would (and the parent's model stays as it was sent).
+    """
+    model = copy.deepcopy(model)
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE)
@@ -78,6 +83,7 @@ def test_compiled_model_trains_under_ddp_in_spawned_workers_like_the_runtime_mod
     runtime, inputs, targets = _batch()
     assert any(is_imitated(m) for m in runtime.modules())
     gm = fxpass.compile(copy.deepcopy(runtime))
+    sent = {name: p.detach().clone() for name, p in gm.named_parameters()}
     out = tmp_path / "grads.pt"
 
     mp.spawn(
@@ -95,6 +101,7 @@ def test_compiled_model_trains_under_ddp_in_spawned_workers_like_the_runtime_mod
         torch.testing.assert_close(reduced[name], grad, atol=1e-6, rtol=1e-5, msg=name)
     # the workers trained copies: the parent's compiled model is as it was sent
     assert all(p.grad is None for p in gm.parameters())
+    assert all(torch.equal(p, sent[name]) for name, p in gm.named_parameters())
 
 
 def test_runtime_patched_model_cannot_be_sent_to_spawned_workers(tmp_path: Path) -> None:
