@@ -70,10 +70,6 @@ class ShellTree:
     patched: dict[int, Patched]
     paths: dict[int, str]
 
-    def patched_under(self, module: nn.Module) -> list[Patched]:
-        """The patched modules in ``module``'s subtree (itself included), in model order."""
-        inside = {id(m) for m in module.modules()}
-        return [p for key, p in self.patched.items() if key in inside]
 
 
 def is_default_leaf(cls: type) -> bool:

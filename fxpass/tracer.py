@@ -313,54 +313,57 @@ class PatchTracer(torch.fx.Tracer):
         reason: str,
         traced: _Scope | None,
     ) -> Any:
-        inside = self.tree.patched_under(m)
+        # Patched modules inside m, named relative to m (a module may sit elsewhere first).
+        inside = [
+            (relative, self.tree.patched[id(module)])
+            for relative, module in m.named_modules()
+            if id(module) in self.tree.patched
+        ]
         if not inside:
             self.kept.append(KeptCall(path, reason, ()))
             return self.create_proxy("call_module", path, args, kwargs)
-        self._check_once_per_call(m, path, inside, reason, traced)
+        where = f"{path} ({type(m).__name__})" if path else f"the model ({type(m).__name__})"
+        if not path:
+            raise UntraceableModelError(f"the model itself cannot be kept as a call: {reason}")
+        if traced is None and not is_default_leaf(type(m)):
+            raise UntraceableModelError(
+                f"{where} holds patched modules but {reason}; compile with scope='module' to "
+                "compile each patched part on its own, or pass concrete_args"
+            )
         overrides: dict[str, Any] = {}
-        for patched in inside:
-            relative = patched.path[len(path) + 1 :] if path else patched.path
+        for relative, patched in inside:
             for attribute in patched.stack.attributes:
                 if not patched.has_attribute(attribute):
                     continue
                 value = self.read_patched(patched.shell, attribute)
-                if value is not None:
-                    overrides[join_path(relative, attribute)] = value
+                if value is None:
+                    continue
+                if traced is not None and getattr(value, "node", None) is not None and value.node.op != "get_attr":
+                    self._check_reads(where, reason, patched, attribute, traced)
+                overrides[join_path(relative, attribute)] = value
         self.kept.append(KeptCall(path, reason, tuple(overrides)))
-        module = self.create_proxy("get_attr", path, (), {}) if path else None
-        if module is None:
-            raise UntraceableModelError(f"the model itself cannot be kept as a call: {reason}")
+        module = self.create_proxy("get_attr", path, (), {})
         return self.create_proxy(
             "call_function", call_with_overrides, (module, overrides, tuple(args), dict(kwargs)), {}
         )
 
-    def _check_once_per_call(
-        self, m: nn.Module, path: str, inside: list[Patched], reason: str, traced: _Scope | None
-    ) -> None:
-        """A kept call evaluates each transform once per call; the runtime evaluates it at each
-        read. Only a stateful (module) transform can tell the two apart: refuse when its reads
-        are not known to be exactly one per call."""
-        for patched in inside:
-            for attribute in patched.stack.attributes:
-                if not patched.has_attribute(attribute) or not self._stateful(patched, attribute):
-                    continue
-                where = join_path(patched.path, attribute)
-                if traced is not None:
-                    reads = traced.reads[(patched.path, attribute)]
-                    if reads == 1:
-                        continue
-                    detail = f"its forward reads {where} {reads} times per call"
-                elif is_default_leaf(type(m)):
-                    continue  # torch.nn modules read each of their tensors once per call
-                else:
-                    detail = f"how often it reads {where} is unknown"
-                raise UnsupportedPatchError(
-                    f"{path} ({type(m).__name__}) must stay a call because {reason}, but {detail} "
-                    "and that tensor has a stateful (module) transform, which fxpass can then only "
-                    "evaluate once per call; make the forward traceable (concrete_args) or read the "
-                    "tensor once"
-                )
+    def _check_reads(self, where: str, reason: str, patched: Patched, attribute: str, traced: _Scope) -> None:
+        """A kept call evaluates each transform once per call and hands the result to every read;
+        the runtime evaluates it at every read. The two agree, bitwise, only when the forward reads
+        the tensor once (or, for a pure transform, never): a stateful transform would run another
+        number of times, and the raw tensor's gradient would be summed in another order."""
+        reads = traced.reads[(patched.path, attribute)]
+        stateful = self._stateful(patched, attribute)
+        if reads == 1 or (reads == 0 and not stateful):
+            return
+        kind = "stateful (module) transform" if stateful else "transform"
+        raise UnsupportedPatchError(
+            f"{where} must stay a call because {reason}, but it reads "
+            f"{join_path(patched.path, attribute)} {reads} times per call; fxpass evaluates the "
+            f"{kind} of a tensor once per call of such a module while the runtime evaluates it at "
+            "every read, which can differ; read the tensor once per call, or move the "
+            "mode-dependent code (dropout) into a submodule of its own"
+        )
 
     def _stateful(self, patched: Patched, attribute: str) -> bool:
         for layer in patched.stack.layers:
