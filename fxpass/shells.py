@@ -71,7 +71,6 @@ class ShellTree:
     paths: dict[int, str]
 
 
-
 def is_default_leaf(cls: type) -> bool:
     """torch.fx's default leaf rule, applied to a class: torch.nn modules except Sequential."""
     return cls.__module__.startswith(("torch.nn", "torch.ao.nn")) and not issubclass(
