@@ -54,3 +54,44 @@ def assert_same_snapshot(before: dict[str, Any], after: dict[str, Any]) -> None:
     for (name, ident, value), (name2, ident2, value2) in zip(before["tensors"], after["tensors"]):
         assert (name, ident) == (name2, ident2)
         assert torch.equal(value, value2), name
+
+
+def same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bitwise equal, NaN included: a model that diverges must diverge the same way."""
+    return torch.equal(a, b) or (
+        a.shape == b.shape and a.dtype == b.dtype and bool(torch.isclose(a, b, 0, 0, equal_nan=True).all())
+    )
+
+
+def forward(model: nn.Module, inputs: tuple[Any, ...], seed: int = 0) -> Any:
+    """``model(*inputs)`` with torch's RNG seeded, so dropout draws the same numbers in both models."""
+    torch.manual_seed(seed)
+    return model(*inputs)
+
+
+def sgd_step(model: nn.Module, lr: float = 0.05) -> None:
+    """One plain SGD step on the parameters that have a gradient, then clear the gradients."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.grad is not None:
+                p -= lr * p.grad
+                p.grad = None
+
+
+def assert_grads_equal(runtime: nn.Module, compiled: nn.Module) -> None:
+    """Same parameter names in the same order, and bitwise-equal gradients (or both None)."""
+    grads = [(n, p.grad) for n, p in runtime.named_parameters()]
+    grads2 = [(n, p.grad) for n, p in compiled.named_parameters()]
+    assert [n for n, _ in grads] == [n for n, _ in grads2]
+    for (name, g), (_, g2) in zip(grads, grads2):
+        assert (g is None) == (g2 is None), name
+        if g is not None:
+            assert same(g, g2), name
+
+
+def assert_state_equal(runtime: nn.Module, compiled: nn.Module) -> None:
+    """Same state_dict keys in the same order, bitwise-equal values."""
+    state, state2 = runtime.state_dict(), compiled.state_dict()
+    assert list(state) == list(state2)
+    for key in state:
+        assert same(state[key], state2[key]), key

@@ -22,7 +22,17 @@ import torch.nn as nn
 import fxpass
 from fxpass import zoo
 from imitation_runtime import imitate, is_imitated
-from tests.support import assert_same_snapshot, compile_entry, graph_modules, snapshot, zoo_params
+from tests.support import (
+    assert_grads_equal,
+    assert_same_snapshot,
+    assert_state_equal,
+    compile_entry,
+    forward,
+    graph_modules,
+    sgd_step,
+    snapshot,
+    zoo_params,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,36 +52,6 @@ def _pair(entry: zoo.ZooEntry, compile_mode: str = "train"):
     return runtime, gm, inputs
 
 
-def _forward(model: nn.Module, inputs, seed: int = 0) -> torch.Tensor:
-    torch.manual_seed(seed)  # dropout draws the same numbers in both models
-    return model(*inputs)
-
-
-def _sgd_step(model: nn.Module, lr: float = 0.05) -> None:
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.grad is not None:
-                p -= lr * p.grad
-                p.grad = None
-
-
-def _assert_grads_equal(runtime: nn.Module, gm: nn.Module) -> None:
-    grads = [(n, p.grad) for n, p in runtime.named_parameters()]
-    grads2 = [(n, p.grad) for n, p in gm.named_parameters()]
-    assert [n for n, _ in grads] == [n for n, _ in grads2]
-    for (name, g), (_, g2) in zip(grads, grads2):
-        assert (g is None) == (g2 is None), name
-        if g is not None:
-            assert torch.equal(g, g2), name
-
-
-def _assert_state_equal(runtime: nn.Module, gm: nn.Module) -> None:
-    state, state2 = runtime.state_dict(), gm.state_dict()
-    assert list(state) == list(state2)
-    for key in state:
-        assert torch.equal(state[key], state2[key]), key
-
-
 @pytest.mark.parametrize("compile_mode", ["train", "eval"])
 @pytest.mark.parametrize("entry", zoo_params())
 def test_outputs_bitwise_in_every_mode(entry: zoo.ZooEntry, compile_mode: str) -> None:
@@ -79,34 +59,34 @@ def test_outputs_bitwise_in_every_mode(entry: zoo.ZooEntry, compile_mode: str) -
     for mode in MODE_SEQUENCE:
         runtime.train(mode == "train")
         gm.train(mode == "train")
-        assert torch.equal(_forward(runtime, inputs), _forward(gm, inputs)), mode
+        assert torch.equal(forward(runtime, inputs), forward(gm, inputs)), mode
 
 
 @pytest.mark.parametrize("entry", zoo_params())
 def test_gradients_of_raw_parameters_bitwise(entry: zoo.ZooEntry) -> None:
     runtime, gm, inputs = _pair(entry)
-    _forward(runtime, inputs).float().square().sum().backward()
-    _forward(gm, inputs).float().square().sum().backward()
+    forward(runtime, inputs).float().square().sum().backward()
+    forward(gm, inputs).float().square().sum().backward()
     assert any(p.grad is not None for p in runtime.parameters())
-    _assert_grads_equal(runtime, gm)
+    assert_grads_equal(runtime, gm)
 
 
 @pytest.mark.parametrize("entry", zoo_params())
 def test_state_dict_and_parameter_names_match_raw(entry: zoo.ZooEntry) -> None:
     runtime, gm, inputs = _pair(entry)
-    _assert_state_equal(runtime, gm)
+    assert_state_equal(runtime, gm)
     names = [n for n, _ in runtime.named_parameters()]
     assert names == [n for n, _ in gm.named_parameters()]
     # the optimizer state of one loads into the other (after a forward each: lazy transforms
     # create their parameters on the first call)
-    _forward(gm, inputs)
-    _forward(runtime, inputs).float().sum().backward()
+    forward(gm, inputs)
+    forward(runtime, inputs).float().sum().backward()
     opt = torch.optim.Adam(runtime.parameters())
     opt.step()
     torch.optim.Adam(gm.parameters()).load_state_dict(opt.state_dict())
     # and the runtime model's state_dict loads into the compiled one
     gm.load_state_dict(runtime.state_dict())
-    _assert_state_equal(runtime, gm)
+    assert_state_equal(runtime, gm)
 
 
 @pytest.mark.parametrize("warm_up", [False, True], ids=["fresh", "after_forward"])
@@ -114,26 +94,26 @@ def test_state_dict_and_parameter_names_match_raw(entry: zoo.ZooEntry) -> None:
 def test_optimizer_steps_side_by_side(entry: zoo.ZooEntry, warm_up: bool) -> None:
     runtime, inputs = entry.build()
     if warm_up:  # compile after the model ran: lazy transform state already exists
-        _forward(runtime, inputs)
+        forward(runtime, inputs)
     gm = compile_entry(entry, copy.deepcopy(runtime))
     for step, mode in enumerate(("train", "train", "eval", "train", "train")):
         runtime.train(mode == "train")
         gm.train(mode == "train")
-        out, out2 = _forward(runtime, inputs, step), _forward(gm, inputs, step)
+        out, out2 = forward(runtime, inputs, step), forward(gm, inputs, step)
         assert torch.equal(out, out2), (step, mode)
         out.float().square().mean().backward()
         out2.float().square().mean().backward()
-        _assert_grads_equal(runtime, gm)
-        _sgd_step(runtime)
-        _sgd_step(gm)
-        _assert_state_equal(runtime, gm)
+        assert_grads_equal(runtime, gm)
+        sgd_step(runtime)
+        sgd_step(gm)
+        assert_state_equal(runtime, gm)
 
 
 @pytest.mark.parametrize("entry", zoo_params())
 def test_pickle_and_torch_save_round_trips(entry: zoo.ZooEntry) -> None:
     runtime, gm, inputs = _pair(entry)
-    _forward(runtime, inputs)
-    _forward(gm, inputs)
+    forward(runtime, inputs)
+    forward(gm, inputs)
     buffer = io.BytesIO()
     torch.save(gm, buffer)
     buffer.seek(0)
@@ -143,13 +123,13 @@ def test_pickle_and_torch_save_round_trips(entry: zoo.ZooEntry) -> None:
         else:
             assert type(loaded) is type(runtime)
         assert fxpass.records(loaded) == fxpass.records(gm)  # the record travels with the model
-        _assert_state_equal(gm, loaded)
+        assert_state_equal(gm, loaded)
         reference = copy.deepcopy(runtime)  # the state both had when gm was saved
         for mode in MODE_SEQUENCE:
             reference.train(mode == "train")
             loaded.train(mode == "train")
-            assert torch.equal(_forward(loaded, inputs), _forward(reference, inputs)), mode
-        _assert_state_equal(reference, loaded)
+            assert torch.equal(forward(loaded, inputs), forward(reference, inputs)), mode
+        assert_state_equal(reference, loaded)
 
 
 def test_saved_models_load_in_a_fresh_process(tmp_path: Path) -> None:

@@ -33,7 +33,17 @@ from torch.nn.utils import parametrize
 import fxpass
 from fxpass import zoo
 from imitation_runtime import imitate
-from tests.support import assert_same_snapshot, snapshot
+from tests.support import (
+    assert_grads_equal,
+    assert_same_snapshot,
+    assert_state_equal,
+    forward,
+    same,
+    sgd_step,
+    snapshot,
+)
+
+SGD_LR = 0.1  # larger steps than the zoo tests: state moves further in few steps
 
 # -- hypothesis profiles -------------------------------------------------------------------------
 
@@ -518,45 +528,8 @@ def build(spec: Spec) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
 # -- comparing two models ------------------------------------------------------------------------
 
 
-def same(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Bitwise equal, NaN included: a model that diverges must diverge the same way."""
-    return torch.equal(a, b) or (
-        a.shape == b.shape and a.dtype == b.dtype and bool(torch.isclose(a, b, 0, 0, equal_nan=True).all())
-    )
-
-
 def loss_of(out: torch.Tensor) -> torch.Tensor:
     return out.tanh().square().mean()  # bounded, so a few SGD steps rarely diverge
-
-
-def forward(model: nn.Module, inputs: tuple[torch.Tensor, ...], seed: int) -> torch.Tensor:
-    torch.manual_seed(seed)  # dropout draws the same numbers in both models
-    return model(*inputs)
-
-
-def sgd_step(model: nn.Module, lr: float = 0.1) -> None:
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.grad is not None:
-                p -= lr * p.grad
-                p.grad = None
-
-
-def assert_grads_equal(runtime: nn.Module, compiled: nn.Module) -> None:
-    grads = [(n, p.grad) for n, p in runtime.named_parameters()]
-    grads2 = [(n, p.grad) for n, p in compiled.named_parameters()]
-    assert [n for n, _ in grads] == [n for n, _ in grads2]
-    for (name, g), (_, g2) in zip(grads, grads2):
-        assert (g is None) == (g2 is None), name
-        if g is not None:
-            assert same(g, g2), name
-
-
-def assert_state_equal(runtime: nn.Module, compiled: nn.Module) -> None:
-    state, state2 = runtime.state_dict(), compiled.state_dict()
-    assert list(state) == list(state2)
-    for key in state:
-        assert same(state[key], state2[key]), key
 
 
 def check_parity(
@@ -594,8 +567,8 @@ def check_parity(
             loss_of(out).backward()
             loss_of(out2).backward()
         assert_grads_equal(runtime, compiled)
-        sgd_step(runtime)
-        sgd_step(compiled)
+        sgd_step(runtime, SGD_LR)
+        sgd_step(compiled, SGD_LR)
         assert_state_equal(runtime, compiled)
     loaded = pickle.loads(pickle.dumps(compiled))
     assert_state_equal(compiled, loaded)
