@@ -18,7 +18,7 @@ turned into seed-runtime models by replaying their ``imitation_runtime`` imitati
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import Callable, cast
 
 import torch
 import torch.fx
@@ -177,12 +177,11 @@ def stack_parameters(model: Stack) -> list[tuple[nn.Parameter, nn.Parameter]]:
     """The raw (weight, bias) of every block, read without triggering any patch."""
     pairs = []
     for linear in model.linears():
+        weight: object = linear._parameters.get("weight")
         if parametrize.is_parametrized(linear, "weight"):  # the raw tensor is the original
-            weight = getattr(linear.parametrizations, "weight").original
-        else:
-            weight = linear._parameters["weight"]
-        pairs.append((weight, linear._parameters["bias"]))
-    return pairs  # type: ignore[return-value]
+            weight = cast(nn.ModuleDict, linear.parametrizations)["weight"].original
+        pairs.append((cast(nn.Parameter, weight), cast(nn.Parameter, linear._parameters["bias"])))
+    return pairs
 
 
 class FunctionalTwin(nn.Module):
@@ -216,7 +215,7 @@ class FunctionalTwin(nn.Module):
         transform = self.transform
         # symbolic_trace sees a parameter only when it is read through a module attribute; run
         # eagerly, the plain list is the cheapest way to the same tensors.
-        pairs = zip(self.weights, self.biases) if isinstance(x, torch.fx.Proxy) else self.pairs
+        pairs = zip(self.weights, self.biases, strict=True) if isinstance(x, torch.fx.Proxy) else self.pairs
         for weight, bias in pairs:
             x = F.relu(F.linear(x, transform(weight), bias))
         return x
