@@ -27,7 +27,7 @@ from fxpass.ops import call_with_overrides
 from fxpass.patches import join_path
 from fxpass.record import KeptCall, Rewrite
 from fxpass.shells import Patched, ShellTree, is_default_leaf
-from fxpass.transforms import Untraceable, describe, emit_transform, refuse_autograd_functions
+from fxpass.transforms import describe, emit_transform, refuse_autograd_functions
 
 __all__ = ["PatchTracer"]
 
