@@ -142,10 +142,11 @@ def test_saved_models_load_in_a_fresh_process(tmp_path: Path) -> None:
         expected[entry.name] = runtime(*inputs)
         torch.save({"model": gm, "inputs": inputs}, tmp_path / f"{entry.name}.pt")
     script = textwrap.dedent(
-        """
+        f"""
         import sys, torch
         from pathlib import Path
-        out = {}
+        torch.set_num_threads({torch.get_num_threads()})  # kernels split work by thread count
+        out = {{}}
         for path in sorted(Path(sys.argv[1]).glob("*.pt")):
             saved = torch.load(path, weights_only=False)
             model = saved["model"].eval()
