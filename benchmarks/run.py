@@ -29,10 +29,9 @@ __all__ = ["main", "met", "rows", "run"]
 
 DEFAULT_JSON = REPO / "benchmarks" / "results.json"
 HEADERS = ("figure", "ratio", "target", "met", "notes")
-
-
 #: Every figure is measured on one thread (the method of issue 5).
 THREADS = 1
+
 
 def met(value: float | None, target: float | None) -> str:
     """``yes``, ``no``, or ``n/a`` when there is no value or no target.
