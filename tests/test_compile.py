@@ -270,45 +270,7 @@ def test_concrete_args_steer_control_flow() -> None:
     assert torch.equal(gm(x, True), model(x, double=True))  # torch.fx keeps the argument, guarded
 
 
-# -- errors --------------------------------------------------------------------------------------
-
-
-class DataDependent(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = imitate(nn.Linear(3, 3), "halve", lambda w: w / 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.sum() > 0:
-            return self.fc(x)
-        return x
-
-
-class ModeBaking(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = imitate(nn.Linear(3, 3), "halve", lambda w: w / 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.dropout(self.fc(x), 0.5, self.training)
-
-
-@pytest.mark.parametrize(
-    ("model", "words"),
-    [
-        (DataDependent(), ["DataDependent", "concrete_args", "TraceError"]),
-        (ModeBaking(), ["ModeBaking", "self.training", "submodule"]),
-    ],
-)
-def test_untraceable_model_gets_a_clear_error_and_is_untouched(model: nn.Module, words) -> None:
-    before = snapshot(model)
-    with pytest.raises(fxpass.UntraceableModelError) as info:
-        fxpass.compile(model)
-    for word in words:
-        assert word in str(info.value)
-    assert isinstance(info.value, RuntimeError)
-    assert_same_snapshot(before, snapshot(model))
-    assert is_imitated(model.fc)
+# -- errors (the bad-input table in test_bad_input.py has the rest) ------------------------------
 
 
 def test_untraceable_submodule_without_patches_is_kept_as_a_call() -> None:
@@ -321,28 +283,6 @@ def test_untraceable_submodule_without_patches_is_kept_as_a_call() -> None:
     assert [k.module for k in fxpass.record_of(gm).kept_calls] == ["1"]
     for x in (torch.ones(2, 3) * 5, -torch.ones(2, 3) * 5):
         assert torch.equal(gm(x), model(x))
-
-
-def test_stateful_transform_read_twice_by_a_mode_dependent_forward_is_refused() -> None:
-    class ReadsTwiceWithDropout(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.weight = nn.Parameter(torch.randn(3, 3))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            y = torch.nn.functional.dropout(x @ self.weight, 0.1, self.training)
-            return y + self.weight.sum()
-
-    model = nn.Sequential(imitate(ReadsTwiceWithDropout(), "scale", zoo.LearnedScale()))
-    before = snapshot(model)
-    with pytest.raises(fxpass.UnsupportedPatchError, match=r"0 \(ReadsTwiceWithDropout\).*reads 0.weight 2 times"):
-        fxpass.compile(model)
-    assert_same_snapshot(before, snapshot(model))
-
-
-def test_not_a_module_is_rejected() -> None:
-    with pytest.raises(fxpass.InvalidModelError, match="expects an nn.Module, got dict"):
-        fxpass.compile({"weight": torch.ones(1)})  # type: ignore[arg-type]
 
 
 def test_unknown_class_patch_is_refused_not_frozen() -> None:

@@ -88,25 +88,6 @@ def test_freeze_accepts_a_compiled_model_and_is_a_snapshot() -> None:
     assert torch.equal(frozen(x), expected)
 
 
-def test_freeze_names_the_transform_that_fails() -> None:
-    class FailsInEval(nn.Module):
-        def forward(self, w: torch.Tensor) -> torch.Tensor:
-            if not self.training:
-                raise RuntimeError("calibration data missing")
-            return w
-
-    model = nn.Sequential(nn.ReLU(), imitate(nn.Linear(2, 2), "calibrate", FailsInEval()))
-    before = snapshot(model)
-    with pytest.raises(fxpass.FreezeError, match=r"'calibrate' of 1 \(.*FailsInEval\).*weight.*calibration data missing"):
-        fxpass.freeze(model)
-    assert_same_snapshot(before, snapshot(model))
-
-
-def test_freeze_rejects_what_is_not_a_module() -> None:
-    with pytest.raises(fxpass.InvalidModelError, match="freeze expects an nn.Module"):
-        fxpass.freeze("model.pt")  # type: ignore[arg-type]
-
-
 # -- torch.export ---------------------------------------------------------------------------------
 
 
