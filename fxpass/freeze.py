@@ -9,7 +9,7 @@ import torch.fx
 import torch.nn as nn
 
 from fxpass.errors import FreezeError, InvalidModelError
-from fxpass.ops import call_with_overrides
+from fxpass.ops import CompiledGraphModule, call_with_overrides
 from fxpass.record import Rewrite, find_record, record_of
 from fxpass.rewrite import compile
 
@@ -108,9 +108,15 @@ def freeze(model: nn.Module) -> torch.fx.GraphModule:
         if not node.users and (node in owner or node.op == "get_attr"):
             graph.erase_node(node)
     graph.lint()
-    result = torch.fx.GraphModule(gm, graph, class_name=type(gm).__name__)
-    setattr(result, FROZEN_ATTRIBUTE, tuple(frozen))
-    return result.eval()
+    # Only what the graph reads (as torch.fx keeps it), with fxpass's code and pickling.
+    referenced = torch.fx.GraphModule(gm, graph)
+    return CompiledGraphModule.build(
+        referenced,
+        graph,
+        class_name=type(gm).__name__,
+        training=False,
+        preserved={FROZEN_ATTRIBUTE: tuple(frozen)},
+    )
 
 
 def _unkeep_calls(gm: torch.fx.GraphModule) -> None:

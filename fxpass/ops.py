@@ -6,13 +6,17 @@ where they are.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import pickle
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import cloudpickle
 import torch
 import torch.fx
 import torch.nn as nn
+
+from fxpass.codegen import DictWalkCodeGen
 
 __all__ = ["ByValue", "CompiledGraphModule", "LoadTracer", "Opaque", "call_with_overrides"]
 
@@ -195,13 +199,57 @@ TREE_ATTRIBUTES = ("_parameters", "_buffers", "_non_persistent_buffers_set", "_m
 
 
 class CompiledGraphModule(torch.fx.GraphModule):
-    """The GraphModule :func:`fxpass.compile` returns.
+    """The GraphModule :func:`fxpass.compile` and :func:`fxpass.freeze` return.
 
     A plain GraphModule rebuilds its module tree from the targets its graph references when it is
     deep-copied, and forgets ``meta`` when it is unpickled. This one keeps the compiled model's
     whole tree (every module, parameter and buffer of the runtime model, in its order) and the
     attributes listed in ``meta[PRESERVED]`` (fxpass's record) through both.
+
+    Its forward reads tensors and modules through the tree's dictionaries
+    (:class:`fxpass.codegen.DictWalkCodeGen`); pickles and TorchScript get torch.fx's own code.
     """
+
+    @classmethod
+    def build(
+        cls,
+        tree: nn.Module,
+        graph: torch.fx.Graph,
+        *,
+        class_name: str,
+        training: bool,
+        preserved: dict[str, Any] | None = None,
+        codegen: torch.fx.graph.CodeGen | None = None,
+    ) -> CompiledGraphModule:
+        """A GraphModule holding ``tree``'s containers (not copies of its referenced parts).
+
+        Args:
+            tree: the module whose parameters, buffers and children the result holds (shared).
+            graph: the graph, owned by the result from now on.
+            class_name: the result's class name.
+            training: the result's mode.
+            preserved: more attributes to keep through copies and pickles (see :meth:`preserve`).
+            codegen: the code generator (default: :class:`fxpass.codegen.DictWalkCodeGen`).
+
+        Root-level attributes of ``tree`` that the graph reads and that are not part of the tree
+        (tensor constants) are set on the result too, and kept like ``preserved``.
+        """
+        gm = cls(nn.Module(), torch.fx.Graph(), class_name=class_name)
+        gm.__dict__.update(
+            _parameters=dict(tree._parameters),
+            _buffers=dict(tree._buffers),
+            _non_persistent_buffers_set=set(tree._non_persistent_buffers_set),
+            _modules=dict(tree._modules),
+            _tracer_cls=graph._tracer_cls,
+            _tracer_extras=graph._tracer_extras or {},
+        )
+        gm.training = training
+        tree_names = {*tree._parameters, *tree._buffers, *tree._modules}
+        constants = {name: getattr(tree, name) for name in _root_attributes(graph) if name not in tree_names}
+        gm.preserve(**{**constants, **(preserved or {})})
+        graph.set_codegen(codegen if codegen is not None else DictWalkCodeGen())
+        gm.graph = graph  # generates the code, against the tree now in place
+        return gm
 
     def preserve(self, **attributes: Any) -> None:
         """Keep the current tree containers, and ``attributes``, through copies and pickles."""
@@ -211,9 +259,47 @@ class CompiledGraphModule(torch.fx.GraphModule):
             setattr(self, name, value)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        rebuild, args = super().__reduce__()
+        # torch.fx re-traces the pickled code on load: it must read attributes, so that each read
+        # of a tensor becomes a get_attr node again (a dict walk would hand the tracer the raw
+        # tensor, and the transforms after it would run once and become constants).
+        with _default_code(self):
+            rebuild, args = super().__reduce__()
         preserved = self.meta.get(PRESERVED, {})
         return (_rebuild_compiled, (rebuild, args, preserved, type(self).__name__))
+
+    def __prepare_scriptable__(self) -> CompiledGraphModule:
+        """What ``torch.jit.script`` compiles: a twin with torch.fx's code, sharing everything."""
+        extras = {k: v for k, v in self.meta.get(PRESERVED, {}).items() if k not in TREE_ATTRIBUTES}
+        return CompiledGraphModule.build(
+            self,
+            copy.deepcopy(self.graph),
+            class_name=type(self).__name__,
+            training=self.training,
+            preserved=extras,
+            codegen=torch.fx.graph.CodeGen(),
+        )
+
+
+def _root_attributes(graph: torch.fx.Graph) -> list[str]:
+    """The first step of every target the graph reads."""
+    return [
+        node.target.partition(".")[0]
+        for node in graph.nodes
+        if node.op in ("get_attr", "call_module") and isinstance(node.target, str)
+    ]
+
+
+@contextlib.contextmanager
+def _default_code(gm: torch.fx.GraphModule) -> Iterator[None]:
+    """Within the block, ``gm`` has torch.fx's own generated code."""
+    codegen = gm.graph._codegen
+    gm.graph.set_codegen(torch.fx.graph.CodeGen())
+    gm.recompile()
+    try:
+        yield
+    finally:
+        gm.graph.set_codegen(codegen)
+        gm.recompile()
 
 
 def _rebuild_compiled(
@@ -225,11 +311,12 @@ def _rebuild_compiled(
     cls = type("GraphModuleImpl", (CompiledGraphModule,), {})
     cls.__name__ = class_name
     gm.__class__ = cls
-    gm.recompile()  # the generated forward lives on the (new) class
     gm.meta[PRESERVED] = preserved
     for name, value in preserved.items():
         if name in TREE_ATTRIBUTES:
             gm.__dict__[name] = value
         else:
             setattr(gm, name, value)
+    gm.graph.set_codegen(DictWalkCodeGen())
+    gm.recompile()  # the generated forward lives on the (new) class, and reads the final tree
     return gm

@@ -92,27 +92,12 @@ def _compile_model(model: nn.Module, concrete_args: dict[str, Any] | None) -> to
     # ours needs the shell tree, so name one that only looks tensors up fast.
     graph._tracer_cls = LoadTracer
     graph._tracer_extras = None
-    root = tree.root
-    gm = CompiledGraphModule(root, graph, class_name=type(model).__name__)
-    # GraphModule copies only what the graph references, creating plain containers in graph order;
-    # the compiled model must keep the model's whole tree, in its order, so its state_dict() and
-    # named_parameters() match the runtime model's.
-    # Tensor constants of the graph (closures over tensors) are attributes, not state.
-    constants = {
-        node.target: gm._buffers[node.target]
-        for node in graph.nodes
-        if node.op == "get_attr" and node.target in gm._buffers and node.target not in root._buffers
-    }
-    gm.__dict__.update(
-        _parameters=dict(root._parameters),
-        _buffers=dict(root._buffers),
-        _non_persistent_buffers_set=set(root._non_persistent_buffers_set),
-        _modules=dict(root._modules),
-    )
-    gm.training = model.training
-    gm.preserve(
-        **constants,
-        **{
+    gm = CompiledGraphModule.build(
+        tree.root,
+        graph,
+        class_name=type(model).__name__,
+        training=model.training,
+        preserved={
             RECORD_ATTRIBUTE: CompileRecord(
                 patched_modules=tuple(p.path for p in tree.patched.values()),
                 rewrites=tuple(tracer.rewrites),
@@ -120,7 +105,6 @@ def _compile_model(model: nn.Module, concrete_args: dict[str, Any] | None) -> to
             )
         },
     )
-    gm.graph.lint()
     return gm
 
 

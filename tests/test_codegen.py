@@ -1,0 +1,233 @@
+"""The code compiled models run: dictionary walks (fxpass.codegen), and transforms traced once.
+
+Parity claims are bitwise (torch.equal).
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import pickle
+
+import pytest
+import torch
+import torch.fx
+import torch.nn as nn
+
+import fxpass
+from fxpass.codegen import attribute_chain, dict_walk
+from imitation_runtime import imitate
+from tests.support import zoo_params
+
+
+def quantize(w: torch.Tensor) -> torch.Tensor:
+    return torch.round(w * 16) / 16
+
+
+def _stack(n: int = 3) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        *[nn.Sequential(imitate(nn.Linear(4, 4), "quantize", quantize), nn.ReLU()) for _ in range(n)]
+    )
+
+
+def _tree_reads(gm: torch.fx.GraphModule) -> list[str]:
+    return [
+        line.strip()
+        for line in gm.code.splitlines()
+        if any(node in line for node in ("_weight =", "_bias =", "_1 = "))
+    ]
+
+
+def test_generated_code_walks_the_tree_dictionaries() -> None:
+    gm = fxpass.compile(_stack())
+    reads = _tree_reads(gm)
+    assert reads and not [line for line in reads if "getattr(" in line]
+    assert "_0_0_weight = self._modules['0']._modules['0']._parameters['weight']" in gm.code
+    assert "self._modules['0']._modules['1'](linear)" in gm.code
+
+
+@pytest.mark.parametrize("entry", zoo_params())
+def test_code_reads_the_same_objects_as_torch_fx_spelling(entry) -> None:
+    """Every target, however the code spells it, names the object torch.fx's chain names."""
+    model, _ = entry.build()
+    compiled = fxpass.compile(model, scope=entry.scope)  # type: ignore[arg-type]
+    for gm in [m for m in compiled.modules() if isinstance(m, torch.fx.GraphModule)]:
+        for node in gm.graph.nodes:
+            if node.op in ("get_attr", "call_module"):
+                walk = dict_walk(gm, "gm", node.target)
+                chain = attribute_chain("gm", node.target)
+                assert eval(walk) is eval(chain), node.format_node()  # noqa: S307 - our own strings
+
+
+def test_reassigned_parameters_are_read_at_call_time() -> None:
+    model = _stack()
+    gm = fxpass.compile(model)
+    x = torch.randn(2, 4)
+    new = nn.Parameter(torch.randn(4, 4))
+    gm.get_submodule("1.0").weight = new  # the compiled model's own tree (a copy of the shell)
+    reference = copy.deepcopy(_stack())
+    reference.load_state_dict(gm.state_dict())
+    assert gm.get_parameter("1.0.weight") is new
+    assert torch.equal(gm(x), reference(x))
+
+
+def test_load_state_dict_and_to_are_seen() -> None:
+    model = _stack()
+    gm = fxpass.compile(copy.deepcopy(model))
+    other = _stack()
+    for p in other.parameters():
+        p.data.mul_(-1.5)
+    gm.load_state_dict(other.state_dict())
+    x = torch.randn(2, 4)
+    assert torch.equal(gm(x), other(x))
+    gm.to(torch.float64)
+    other.to(torch.float64)
+    assert torch.equal(gm(x.double()), other(x.double()))
+
+
+def test_swapped_submodule_is_called() -> None:
+    gm = fxpass.compile(_stack())
+    x = torch.randn(2, 4)
+    gm.get_submodule("2")._modules["1"] = nn.Tanh()  # what `gm[2][1] = nn.Tanh()` would do
+    assert torch.all(gm(x).abs() < 1)  # a ReLU would leave values above 1 or at 0
+    assert (gm(x) < 0).any()
+
+
+class _Property(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = nn.Linear(2, 2)
+
+    @property
+    def shortcut(self) -> nn.Module:
+        return self.inner
+
+
+class _Lookup(nn.Module):
+    """A module whose attribute lookup is its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = nn.Linear(2, 2)
+
+    def __getattr__(self, name: str):
+        return super().__getattr__(name)
+
+
+def test_walk_keeps_torch_fx_spelling_where_dictionaries_are_not_what_lookup_reads() -> None:
+    root = nn.Module()
+    root.prop = _Property()
+    root.lookup = _Lookup()
+    root.plain = nn.Linear(2, 2)
+    root.plain.__dict__["scale"] = torch.ones(1)  # an instance attribute
+    assert dict_walk(root, "self", "prop.shortcut.weight") == "self._modules['prop'].shortcut.weight"
+    assert dict_walk(root, "self", "lookup.inner") == "self._modules['lookup'].inner"
+    assert dict_walk(root, "self", "plain.scale") == "self._modules['plain'].scale"
+    assert dict_walk(root, "self", "plain.weight") == "self._modules['plain']._parameters['weight']"
+    assert dict_walk(root, "self", "plain.forward") == "self._modules['plain'].forward"
+    root.plain.register_buffer("step", torch.zeros(()))
+    assert dict_walk(root, "self", "plain.step") == "self._modules['plain']._buffers['step']"
+    # a class property over a registered parameter (a runtime patch) ...
+    root.patched = imitate(nn.Linear(2, 2), "halve", lambda w: w / 2)
+    assert dict_walk(root, "self", "patched.weight") == "self._modules['patched'].weight"
+    # ... and an instance attribute over one (fxpass.ops.call_with_overrides during a call)
+    root.plain.__dict__["bias"] = torch.zeros(2)
+    assert dict_walk(root, "self", "plain.bias") == "self._modules['plain'].bias"
+
+
+def _code_of_pickle(gm: nn.Module) -> str:
+    """The generated code a pickle of ``gm`` carries (torch.fx re-traces it on load)."""
+    _rebuild, (_reduce, (body, _imports), *_rest) = gm.__reduce__()
+    return body["_code"]
+
+
+def test_pickles_carry_torch_fx_code_and_load_with_the_fast_code() -> None:
+    model = _stack()
+    gm = fxpass.compile(model)
+    code = _code_of_pickle(gm)
+    assert "getattr(" in code and "_modules[" not in code
+    assert "_modules[" in gm.code  # the model itself keeps its code
+    loaded = pickle.loads(pickle.dumps(gm))
+    assert "_modules[" in loaded.code
+    assert [n.op for n in loaded.graph.nodes] == [n.op for n in gm.graph.nodes]
+    x = torch.randn(2, 4)
+    assert torch.equal(loaded(x), model(x))
+    buffer = io.BytesIO()
+    torch.save(fxpass.freeze(model), buffer)
+    buffer.seek(0)
+    frozen = torch.load(buffer, weights_only=False)
+    assert "_buffers[" in frozen.code
+    assert torch.equal(frozen(x), model.eval()(x))
+
+
+class _Outer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lookup = _Lookup()
+        self.lookup.inner = imitate(nn.Linear(2, 4), "quantize", quantize)
+        self.stack = _stack()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stack(self.lookup.inner(x))
+
+
+def test_deepcopy_generates_code_for_the_copied_tree() -> None:
+    model = _Outer()  # code spelled after the classes of the copy, not of torch.fx's stand-ins
+    gm = fxpass.compile(model)
+    assert "self._modules['lookup'].inner.weight" in gm.code
+    copied = copy.deepcopy(gm)
+    assert copied.code == gm.code
+    x = torch.randn(2, 2)
+    assert torch.equal(copied(x), gm(x))
+
+
+def test_torchscript_compiles_torch_fx_code_and_shares_the_tensors() -> None:
+    model = _stack()
+    gm = fxpass.compile(model)
+    scripted = torch.jit.script(gm)
+    assert "_modules[" in gm.code  # scripting does not change the model
+    assert dict(scripted.named_parameters())["0.0.weight"] is gm.get_parameter("0.0.weight")
+    assert list(scripted.state_dict()) == list(gm.state_dict())
+    x = torch.randn(2, 4)
+    assert torch.equal(scripted(x), model(x))
+
+
+def test_a_transform_function_is_traced_once_per_compile() -> None:
+    calls: list[int] = []
+
+    def halve(w: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return torch.round(w * 0.5)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(*[imitate(nn.Linear(3, 3), "halve", halve) for _ in range(4)])
+    gm = fxpass.compile(model)
+    assert len(calls) == 1
+    ops = [n.target for n in gm.graph.nodes if n.op == "call_function"]
+    assert ops.count(torch.round) == 4 and len([n for n in gm.graph.nodes if n.op == "get_attr"]) == 8
+    rewrites = fxpass.record_of(gm).rewrites
+    assert [r.nodes for r in rewrites if r.attribute == "weight"][1] == ("mul_1", "round_2")
+    x = torch.randn(2, 3)
+    assert torch.equal(gm(x), model(x))
+    model(x).sum().backward()
+    expected = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    gm(x).sum().backward()
+    assert all(torch.equal(p.grad, e) for p, e in zip(gm.parameters(), expected))
+
+
+def test_an_untraceable_transform_is_tried_once_and_opaque_everywhere() -> None:
+    calls: list[int] = []
+
+    def flip(w: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return w if w.sum() > 0 else -w
+
+    torch.manual_seed(0)
+    model = nn.Sequential(*[imitate(nn.Linear(3, 3), "flip", flip) for _ in range(3)])
+    gm = fxpass.compile(model)
+    assert len(calls) == 1
+    assert [r.how for r in fxpass.record_of(gm).rewrites if r.attribute == "weight"] == ["opaque"] * 3
+    x = torch.randn(2, 3)
+    assert torch.equal(gm(x), model(x))
