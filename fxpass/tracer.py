@@ -27,7 +27,7 @@ from fxpass.ops import call_with_overrides
 from fxpass.patches import join_path
 from fxpass.record import KeptCall, Rewrite
 from fxpass.shells import Patched, ShellTree, is_default_leaf
-from fxpass.transforms import describe, emit_transform, refuse_autograd_functions
+from fxpass.transforms import TransformTrace, describe, emit_transform, refuse_autograd_functions
 
 __all__ = ["PatchTracer"]
 
@@ -102,6 +102,8 @@ class PatchTracer(torch.fx.Tracer):
         self.kept: list[KeptCall] = []
         self._scopes: list[_Scope] = []
         self._tensor_names: dict[int, str] = {}
+        #: transform function id -> its recorded trace (see fxpass.transforms.TransformTrace)
+        self.transform_traces: dict[int, TransformTrace] = {}
 
     # -- entry point -------------------------------------------------------------------------
 
@@ -223,7 +225,9 @@ class PatchTracer(torch.fx.Tracer):
         failure: Exception | None = None
         self._scopes.append(scope)
         try:
-            out = super().call_module(m, forward, args, kwargs)
+            # A shell is traced through: call it (hooks included) without torch.fx's scope and
+            # module-stack bookkeeping, which copies the stack into every node's meta.
+            out = forward(*args, **kwargs)
         except FxpassError:
             raise
         except Exception as error:  # noqa: BLE001 - an untraceable forward is kept as a call
@@ -234,7 +238,7 @@ class PatchTracer(torch.fx.Tracer):
             self._scopes[-1].reads.update(scope.reads)
             return out
         self.rollback(mark)
-        while len(self.module_stack) > stack_depth:
+        while len(self.module_stack) > stack_depth:  # a leaf call that failed half-way
             self.module_stack.popitem(last=True)
         if failure is not None:
             reason = f"its forward cannot be traced ({type(failure).__name__}: {failure})"

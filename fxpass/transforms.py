@@ -13,6 +13,7 @@ A transform becomes:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from fxpass.shells import Patched
     from fxpass.tracer import PatchTracer
 
-__all__ = ["Untraceable", "emit_transform", "refuse_autograd_functions"]
+__all__ = ["TransformTrace", "Untraceable", "emit_transform", "refuse_autograd_functions"]
 
 
 class Untraceable(Exception):
@@ -93,12 +94,82 @@ def emit_transform(
         return tracer.create_proxy("call_module", target, (value,), {}), "module"
     if _is_identity(thing):
         return value, "inlined"
+    known = tracer.transform_traces.get(id(thing))
+    if known is not None and known.fn is thing and isinstance(value, torch.fx.Proxy):
+        if known.template is None:
+            return _opaque(tracer, patched, transform, thing, value)
+        return known.replay(tracer, value), "inlined"
     mark = tracer.mark()
     try:
-        return thing(value), "inlined"
+        out = thing(value)
     except FxpassError:
         raise
     except Exception:  # noqa: BLE001 - any failure to trace makes the transform opaque
         tracer.rollback(mark)
+        if isinstance(value, torch.fx.Proxy):
+            tracer.transform_traces[id(thing)] = TransformTrace(thing, None)
+        return _opaque(tracer, patched, transform, thing, value)
+    template = TransformTrace.record(tracer, mark, value, out)
+    if template is not None:
+        tracer.transform_traces[id(thing)] = TransformTrace(thing, template)
+    return out, "inlined"
+
+
+def _opaque(
+    tracer: PatchTracer, patched: Patched, transform: str, thing: Callable[..., Any], value: Any
+) -> tuple[Any, How]:
     patched.shell._modules[transform] = Opaque(thing)
+    target = join_path(patched.path, transform)
     return tracer.create_proxy("call_module", target, (value,), {}), "opaque"
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformTrace:
+    """What tracing a transform function produced, to replay for its later reads.
+
+    Tracing a function on a proxy records the same nodes whatever tensor the proxy stands for, so a
+    transform applied to a hundred weights is traced once and its nodes copied 99 times. Only a
+    trace that depends on nothing but its input is kept: one that read other patched tensors, or
+    returned anything but a proxy, is traced anew each time. ``template`` is None for a function
+    that could not be traced (it is opaque at every read).
+    """
+
+    fn: Callable[..., Any]
+    template: torch.fx.Graph | None
+
+    @staticmethod
+    def record(tracer: PatchTracer, mark: Any, value: Any, out: Any) -> torch.fx.Graph | None:
+        """A graph of the nodes added since ``mark``: one placeholder (``value``), one output."""
+        if not (isinstance(value, torch.fx.Proxy) and isinstance(out, torch.fx.Proxy)):
+            return None
+        if len(tracer.rewrites) != mark.rewrites or len(tracer.kept) != mark.kept:
+            return None
+        added: list[torch.fx.Node] = []
+        for node in reversed(tracer.graph.nodes):
+            if node is mark.node:
+                break
+            added.append(node)
+        template = torch.fx.Graph()
+        copies = {value.node: template.placeholder("value")}
+        for node in reversed(added):
+            if any(arg not in copies for arg in node.all_input_nodes):
+                return None  # reads a node from outside the transform
+            copies[node] = template.node_copy(node, copies.__getitem__)
+        if out.node not in copies:
+            return None
+        template.output(copies[out.node])
+        return template
+
+    def replay(self, tracer: PatchTracer, value: torch.fx.Proxy) -> torch.fx.Proxy:
+        """Copy the recorded nodes after the graph's end, reading ``value``; the output's proxy."""
+        assert self.template is not None
+        copies: dict[torch.fx.Node, torch.fx.Node] = {}
+        result: torch.fx.Node = value.node
+        for node in self.template.nodes:
+            if node.op == "placeholder":
+                copies[node] = value.node
+            elif node.op == "output":
+                result = copies[node.args[0]]  # type: ignore[index]
+            else:
+                copies[node] = tracer.graph.node_copy(node, copies.__getitem__)
+        return tracer.proxy(result)
