@@ -34,6 +34,10 @@ _MODULE_GETATTR = nn.Module.__getattr__
 _DICTIONARIES = ("_modules", "_parameters", "_buffers")
 
 
+def _attribute_step(expression: str, step: str) -> str:
+    return f"{expression}.{step}" if step.isidentifier() else f'getattr({expression}, "{step}")'
+
+
 def attribute_chain(base: str, target: str) -> str:
     """torch.fx's spelling of ``base.<target>``: ``getattr`` for steps that are not identifiers.
 
@@ -43,7 +47,7 @@ def attribute_chain(base: str, target: str) -> str:
     """
     expression = base
     for step in target.split("."):
-        expression = f"{expression}.{step}" if step.isidentifier() else f'getattr({expression}, "{step}")'
+        expression = _attribute_step(expression, step)
     return expression
 
 
@@ -64,6 +68,31 @@ def _dictionary_of(owner: Any, step: str) -> str | None:
     return None
 
 
+class _Spellings:
+    """Both spellings of targets under one root, each module prefix resolved once."""
+
+    def __init__(self, root: nn.Module, base: str) -> None:
+        # path -> (torch.fx's chain, dict walk, the object reached while the walk holds, or None)
+        self._paths: dict[str, tuple[str, str, Any]] = {"": (base, base, root)}
+
+    def __call__(self, target: str) -> tuple[str, str]:
+        chain, walk, _ = self._resolve(target)
+        return chain, walk
+
+    def _resolve(self, path: str) -> tuple[str, str, Any]:
+        found = self._paths.get(path)
+        if found is None:
+            parent, _, step = path.rpartition(".")
+            chain, walk, owner = self._resolve(parent)
+            dictionary = None if owner is None else _dictionary_of(owner, step)
+            if dictionary is None:
+                found = (_attribute_step(chain, step), _attribute_step(walk, step), None)
+            else:
+                found = (_attribute_step(chain, step), f"{walk}.{dictionary}[{step!r}]", owner.__dict__[dictionary][step])
+            self._paths[path] = found
+        return found
+
+
 def dict_walk(root: nn.Module, base: str, target: str) -> str:
     """An expression reading ``root.<target>`` (``root`` spelled ``base``) through dictionaries.
 
@@ -75,15 +104,7 @@ def dict_walk(root: nn.Module, base: str, target: str) -> str:
         >>> dict_walk(model, "self", "0.in_features")  # a plain attribute: torch.fx's form
         "self._modules['0'].in_features"
     """
-    expression, owner = base, root
-    steps = target.split(".")
-    for index, step in enumerate(steps):
-        dictionary = _dictionary_of(owner, step)
-        if dictionary is None:
-            return attribute_chain(expression, ".".join(steps[index:]))
-        expression = f"{expression}.{dictionary}[{step!r}]"
-        owner = owner.__dict__[dictionary][step]
-    return expression
+    return _Spellings(root, base)(target)[1]
 
 
 class DictWalkCodeGen(torch.fx.graph.CodeGen):
@@ -107,23 +128,25 @@ class DictWalkCodeGen(torch.fx.graph.CodeGen):
         root = _owning_module(nodes)
         if root is None:
             return code
-        # While code is generated, repr(node) is the name the code uses for the node; each
-        # get_attr or call_module is one line "    <name> = <chain>" followed by nothing, ";"
-        # (the next statement) or "(" (the call).
+        # Each get_attr or call_module is one line "    <name> = <chain>" followed by nothing, ";"
+        # (the next statement) or "(" (the call). A line is rewritten only when it spells its
+        # node's chain: a node whose name the code changed (to avoid a clash) keeps its line.
+        spellings = _Spellings(root, root_module)
         rewrites: dict[str, tuple[str, str]] = {}
         for node in nodes:
             if node.op in ("get_attr", "call_module") and isinstance(node.target, str):
-                chain = attribute_chain(root_module, node.target)
-                walk = dict_walk(root, root_module, node.target)
+                chain, walk = spellings(node.target)
                 if walk != chain:
-                    rewrites[f"    {node!r} = "] = (chain, walk)
+                    rewrites[node.name] = (chain, walk)
         if rewrites:
             lines = code.src.split("\n")
             for index, line in enumerate(lines):
-                name, equals, rest = line.partition(" = ")
-                chain, walk = rewrites.get(name + equals, ("", ""))
+                if not line.startswith("    "):
+                    continue
+                name, equals, rest = line[4:].partition(" = ")
+                chain, walk = rewrites.get(name, ("", ""))
                 if chain and rest.startswith(chain) and rest[len(chain) : len(chain) + 1] in ("", ";", "("):
-                    lines[index] = name + equals + walk + rest[len(chain) :]
+                    lines[index] = f"    {name} = {walk}{rest[len(chain):]}"
             code.src = "\n".join(lines)
         return code
 

@@ -267,6 +267,13 @@ class CompiledGraphModule(torch.fx.GraphModule):
         preserved = self.meta.get(PRESERVED, {})
         return (_rebuild_compiled, (rebuild, args, preserved, type(self).__name__))
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> CompiledGraphModule:
+        copied = super().__deepcopy__(memo)
+        # torch.fx generated the copy's code before restoring the preserved tree and attributes
+        # (a tensor constant was then a buffer of the copy): generate it for the final tree.
+        copied.recompile()
+        return copied
+
     def __prepare_scriptable__(self) -> CompiledGraphModule:
         """What ``torch.jit.script`` compiles: a twin with torch.fx's code, sharing everything."""
         extras = {k: v for k, v in self.meta.get(PRESERVED, {}).items() if k not in TREE_ATTRIBUTES}

@@ -77,12 +77,9 @@ def is_default_leaf(cls: type) -> bool:
     )
 
 
-def _copy_value(value: Any) -> Any:
-    # Containers are copied so that nothing done to a shell reaches the input model.
-    # (.copy() keeps the type; copy.copy would go through __reduce_ex__, ten times slower.)
-    if type(value) in (dict, OrderedDict, set, list):
-        return value.copy()
-    return value
+# Containers are copied so that nothing done to a shell reaches the input model (.copy() keeps
+# the type; copy.copy would go through __reduce_ex__, ten times slower).
+_CONTAINER_TYPES = frozenset((dict, OrderedDict, set, list))
 
 
 def _local(fn: Any) -> bool:
@@ -108,7 +105,7 @@ def copy_module(module: nn.Module, cls: type | None = None) -> nn.Module:
     tensors and child modules; its containers are new, so changing them leaves ``module`` alone."""
     cls = cls or type(module)
     copied = cls.__new__(cls)
-    namespace = {k: _copy_value(v) for k, v in module.__dict__.items()}
+    namespace = {k: v.copy() if type(v) in _CONTAINER_TYPES else v for k, v in module.__dict__.items()}
     _rebind_hooks(copied, namespace)
     copied.__dict__.update(namespace)
     return copied

@@ -24,6 +24,7 @@ from fxpass.errors import FxpassError
 from fxpass.ops import Opaque
 from fxpass.patches import join_path
 from fxpass.record import How
+from imitation_runtime.patch import identity
 
 if TYPE_CHECKING:
     from fxpass.shells import Patched
@@ -68,12 +69,6 @@ def describe(thing: Callable[..., Any]) -> str:
     return f"{module}.{name}" if module else name
 
 
-def _is_identity(thing: Callable[..., Any]) -> bool:
-    from imitation_runtime.patch import identity
-
-    return thing is identity
-
-
 def emit_transform(
     tracer: PatchTracer, patched: Patched, transform: str, value: Any
 ) -> tuple[Any, How]:
@@ -92,7 +87,7 @@ def emit_transform(
     target = join_path(patched.path, transform)
     if isinstance(thing, nn.Module):
         return tracer.create_proxy("call_module", target, (value,), {}), "module"
-    if _is_identity(thing):
+    if thing is identity:
         return value, "inlined"
     known = tracer.transform_traces.get(id(thing))
     if known is not None and known.fn is thing and isinstance(value, torch.fx.Proxy):
@@ -144,6 +139,8 @@ class TransformTrace:
             return None
         if len(tracer.rewrites) != mark.rewrites or len(tracer.kept) != mark.kept:
             return None
+        if next(iter(reversed(tracer.graph.nodes)), None) is mark.node:
+            return None  # no node added: nothing to save by replaying
         added: list[torch.fx.Node] = []
         for node in reversed(tracer.graph.nodes):
             if node is mark.node:
