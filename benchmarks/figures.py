@@ -157,6 +157,9 @@ FIGURES: dict[str, Figure] = {
         Figure("forward_vs_seed", f"forward ({_OVERHEAD}, eval, no_grad): compiled / seed", 0.85),
         Figure("forward_vs_twin", "forward (same): compiled / functional twin", 1.1),
         Figure("train_vs_seed", "train step (same model): compiled / seed", 0.95),
+        Figure("inline_forward_vs_seed", "forward (same), compiled with inline_activations=True / seed", 0.85),
+        Figure("inline_forward_vs_twin", "forward (same), compiled with inline_activations=True / twin", 1.1),
+        Figure("inline_train_vs_seed", "train step (same), compiled with inline_activations=True / seed", 0.95),
         Figure(
             "compute_forward_vs_seed",
             "forward ({compute_layers} x Linear({compute_width}), batch {compute_batch}, eval): compiled / seed",
@@ -230,8 +233,8 @@ def _eager(a: nn.Module, b: nn.Module, x: torch.Tensor, s: Settings, *, train: b
         return compare(lambda: a(x), lambda: b(x), rounds=s.rounds, min_block_s=s.min_block_s)
 
 
-def _compile(model: nn.Module) -> torch.fx.GraphModule:
-    gm = fxpass.compile(model)
+def _compile(model: nn.Module, **options: Any) -> torch.fx.GraphModule:
+    gm = fxpass.compile(model, **options)
     assert isinstance(gm, torch.fx.GraphModule)  # model scope, the default
     return gm
 
@@ -273,12 +276,16 @@ def _overhead(s: Settings) -> dict[str, Measured]:
     fn = s.fn()
     model = seed_stack(s.layers, s.width, fn)
     gm = _compile(model)
+    inlined = _compile(model, inline_activations=True)
     twin = FunctionalTwin(model, fn)
     x = _input(s.width)
     return {
         "forward_vs_seed": Measured.of(_eager(gm, model, x, s, train=False)),
         "forward_vs_twin": Measured.of(_eager(gm, twin, x, s, train=False)),
         "train_vs_seed": Measured.of(_eager(gm, model, x, s, train=True)),
+        "inline_forward_vs_seed": Measured.of(_eager(inlined, model, x, s, train=False)),
+        "inline_forward_vs_twin": Measured.of(_eager(inlined, twin, x, s, train=False)),
+        "inline_train_vs_seed": Measured.of(_eager(inlined, model, x, s, train=True)),
     }
 
 
@@ -388,7 +395,11 @@ def _inductor(s: Settings) -> dict[str, Measured]:
 
 BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("compile", ("compile_vs_fx_trace", "compile_scaling"), _compile_time),
-    Benchmark("overhead", ("forward_vs_seed", "forward_vs_twin", "train_vs_seed"), _overhead),
+    Benchmark(
+        "overhead",
+        ("forward_vs_seed", "forward_vs_twin", "train_vs_seed", "inline_forward_vs_seed", "inline_forward_vs_twin", "inline_train_vs_seed"),
+        _overhead,
+    ),
     Benchmark("compute", ("compute_forward_vs_seed",), _compute),
     Benchmark("frozen", ("frozen_vs_plain",), _frozen),
     Benchmark(

@@ -13,8 +13,10 @@ from fxpass.freeze import freeze
 from fxpass.parity import ExampleInputsError, ParityArgumentError, ParityReport, ParityRow
 from fxpass.record import CompileRecord, KeptCall, Rewrite, record_of
 from fxpass.rewrite import compile, records
+from fxpass.tracer import ACTIVATIONS
 
 __all__ = [
+    "ACTIVATIONS",
     "CompileRecord",
     "ExampleInputsError",
     "FreezeError",

@@ -71,11 +71,14 @@ class CompileRecord:
         patched_modules: paths of the class-patched modules found, in model order.
         rewrites: each patched-attribute read turned into nodes, in graph order.
         kept_calls: modules whose forward stays a call at run time.
+        inlined_activations: unpatched activation modules traced into functional calls
+            (``compile(..., inline_activations=True)``).
     """
 
     patched_modules: tuple[str, ...]
     rewrites: tuple[Rewrite, ...]
     kept_calls: tuple[KeptCall, ...]
+    inlined_activations: tuple[str, ...] = ()
 
     def counts(self) -> dict[str, int]:
         """Number of rewrites by how they were emitted."""

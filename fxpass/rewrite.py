@@ -24,6 +24,7 @@ def compile(  # noqa: A001 - the library's verb, like torch.compile
     *,
     concrete_args: dict[str, Any] | None = None,
     scope: Literal["model", "module"] = "model",
+    inline_activations: bool = False,
 ) -> nn.Module:
     """Rewrite a class-patched model into a plain ``GraphModule`` with the same semantics.
 
@@ -48,6 +49,11 @@ def compile(  # noqa: A001 - the library's verb, like torch.compile
         concrete_args: arguments of ``model.forward`` to fix while tracing, as in
             ``torch.fx.symbolic_trace`` (model scope only).
         scope: ``"model"`` for one GraphModule of the whole model, ``"module"`` as above.
+        inline_activations: emit the activation modules of :data:`fxpass.ACTIVATIONS` (ReLU,
+            GELU, Tanh, ... exact classes, without hooks) as their ``torch.nn.functional`` call
+            instead of a ``call_module``: the same values, without a module call per activation
+            at run time (the fastest choice for overhead-bound models). The modules stay in the
+            tree; the graph no longer calls them, so hooks registered on them later do not run.
 
     Returns:
         The compiled model (a GraphModule in model scope); :func:`fxpass.record_of` tells what
@@ -78,15 +84,17 @@ def compile(  # noqa: A001 - the library's verb, like torch.compile
     if scope == "module":
         if concrete_args is not None:
             raise InvalidModelError("concrete_args applies to scope='model' only")
-        return _compile_modules(model, "", {})
+        return _compile_modules(model, "", {}, inline_activations)
     if scope != "model":
         raise InvalidModelError(f"scope must be 'model' or 'module', got {scope!r}")
-    return _compile_model(model, concrete_args)
+    return _compile_model(model, concrete_args, inline_activations)
 
 
-def _compile_model(model: nn.Module, concrete_args: dict[str, Any] | None) -> torch.fx.GraphModule:
+def _compile_model(
+    model: nn.Module, concrete_args: dict[str, Any] | None, inline_activations: bool = False
+) -> torch.fx.GraphModule:
     tree = build_shells(model)
-    tracer = PatchTracer(tree)
+    tracer = PatchTracer(tree, inline_activations=inline_activations)
     graph = tracer.trace_tree(concrete_args)
     # A pickled GraphModule is re-traced on load with a subclass of the tracer recorded here;
     # ours needs the shell tree, so name one that only looks tensors up fast.
@@ -102,13 +110,16 @@ def _compile_model(model: nn.Module, concrete_args: dict[str, Any] | None) -> to
                 patched_modules=tuple(p.path for p in tree.patched.values()),
                 rewrites=tuple(tracer.rewrites),
                 kept_calls=tuple(tracer.kept),
+                inlined_activations=tuple(tracer.inlined),
             )
         },
     )
     return gm
 
 
-def _compile_modules(module: nn.Module, path: str, memo: dict[int, nn.Module]) -> nn.Module:
+def _compile_modules(
+    module: nn.Module, path: str, memo: dict[int, nn.Module], inline_activations: bool
+) -> nn.Module:
     """Module scope: compile the largest traceable subtrees that hold patched modules."""
     key = id(module)
     if key in memo:
@@ -117,7 +128,7 @@ def _compile_modules(module: nn.Module, path: str, memo: dict[int, nn.Module]) -
         memo[key] = module
         return module
     try:
-        result: nn.Module = _compile_model(module, None)
+        result: nn.Module = _compile_model(module, None, inline_activations)
     except UntraceableModelError as error:
         where = f"{path} ({type(module).__name__})" if path else f"the model ({type(module).__name__})"
         # A torch.nn module with a forward (MultiheadAttention) may read its children's tensors
@@ -132,7 +143,7 @@ def _compile_modules(module: nn.Module, path: str, memo: dict[int, nn.Module]) -
         children = result._modules
         for name, child in children.items():
             if child is not None:
-                children[name] = _compile_modules(child, join_path(path, name), memo)
+                children[name] = _compile_modules(child, join_path(path, name), memo, inline_activations)
     memo[key] = result
     return result
 

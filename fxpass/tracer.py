@@ -29,7 +29,25 @@ from fxpass.record import KeptCall, Rewrite
 from fxpass.shells import Patched, ShellTree, is_default_leaf
 from fxpass.transforms import TransformTrace, describe, emit_transform, refuse_autograd_functions
 
-__all__ = ["PatchTracer"]
+__all__ = ["ACTIVATIONS", "PatchTracer"]
+
+ACTIVATIONS: frozenset[type[nn.Module]] = frozenset(
+    (
+        nn.CELU, nn.ELU, nn.GELU, nn.Hardshrink, nn.Hardsigmoid, nn.Hardswish, nn.Hardtanh,
+        nn.LeakyReLU, nn.LogSigmoid, nn.LogSoftmax, nn.Mish, nn.ReLU, nn.ReLU6, nn.SELU, nn.SiLU,
+        nn.Sigmoid, nn.Softmax, nn.Softmin, nn.Softplus, nn.Softshrink, nn.Softsign, nn.Tanh,
+        nn.Tanhshrink, nn.Threshold,
+    )
+)  # fmt: skip
+"""The modules ``fxpass.compile(..., inline_activations=True)`` emits as functional calls.
+
+Each has no state, and its forward is one ``torch.nn.functional`` call on constructor constants
+that does not depend on the mode. Exact classes only: a subclass may override ``forward`` (and,
+like any user module, is traced through anyway). A module or process holding forward or backward
+hooks keeps its calls.
+"""
+
+_CALL_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 
 _TRACER_KEY = "_fxpass_tracer"
 
@@ -49,6 +67,7 @@ class _Mark:
     node: torch.fx.Node | None
     rewrites: int
     kept: int
+    inlined: int
 
 
 def _tracer_of(module: nn.Module) -> PatchTracer:
@@ -88,16 +107,29 @@ def _tracing_class(base: type, attributes: tuple[str, ...]) -> type:
     return cls
 
 
+def _inlinable(m: nn.Module) -> bool:
+    """Whether calling ``m.forward`` is what calling ``m`` does: an activation without hooks."""
+    if type(m) not in ACTIVATIONS or any(m.__dict__.get(name) for name in _CALL_HOOKS):
+        return False
+    hooks = torch.nn.modules.module
+    return not any(getattr(hooks, f"_global{name}", None) for name in _CALL_HOOKS)
+
+
 class PatchTracer(torch.fx.Tracer):
     """A torch.fx Tracer over a :class:`~fxpass.shells.ShellTree`.
 
     Args:
         tree: the copied module tree to trace.
+        inline_activations: trace the modules of :data:`ACTIVATIONS` into their functional call
+            (when neither they nor the process hold forward or backward hooks).
     """
 
-    def __init__(self, tree: ShellTree) -> None:
+    def __init__(self, tree: ShellTree, *, inline_activations: bool = False) -> None:
         super().__init__()
         self.tree = tree
+        self.inline_activations = inline_activations
+        #: paths of the activation modules traced into functional calls
+        self.inlined: list[str] = []
         self.rewrites: list[Rewrite] = []
         self.kept: list[KeptCall] = []
         self._scopes: list[_Scope] = []
@@ -151,12 +183,13 @@ class PatchTracer(torch.fx.Tracer):
                 patched = self.tree.patched.get(key)
                 attributes = patched.stack.attributes if patched is not None else ()
                 dressed.append((shell, type(shell)))
-                shell.__class__ = _tracing_class(type(shell), attributes)
+                # (object.__setattr__: nn.Module's would first look for a parameter "__class__")
+                object.__setattr__(shell, "__class__", _tracing_class(type(shell), attributes))
                 shell.__dict__[_TRACER_KEY] = self
             yield
         finally:
             for shell, cls in dressed:
-                shell.__class__ = cls
+                object.__setattr__(shell, "__class__", cls)
                 shell.__dict__.pop(_TRACER_KEY, None)
 
     # -- rollback ----------------------------------------------------------------------------
@@ -164,7 +197,7 @@ class PatchTracer(torch.fx.Tracer):
     def mark(self) -> _Mark:
         """Remember the current end of the graph and of the record."""
         last = next(iter(reversed(self.graph.nodes)), None)
-        return _Mark(last, len(self.rewrites), len(self.kept))
+        return _Mark(last, len(self.rewrites), len(self.kept), len(self.inlined))
 
     def rollback(self, mark: _Mark) -> None:
         """Erase every node and record entry added since ``mark``."""
@@ -174,6 +207,7 @@ class PatchTracer(torch.fx.Tracer):
             self.graph.erase_node(node)
         del self.rewrites[mark.rewrites :]
         del self.kept[mark.kept :]
+        del self.inlined[mark.inlined :]
 
     # -- hooks of torch.fx.Tracer ------------------------------------------------------------
 
@@ -216,18 +250,27 @@ class PatchTracer(torch.fx.Tracer):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
-        if id(m) not in self.tree.shells:
-            return super().call_module(m, forward, args, kwargs)
+        # torch.fx's own call_module keeps a scope and a module stack, copied into every node's
+        # meta; fxpass keeps neither (they are not part of a GraphModule's semantics).
+        if id(m) not in self.tree.shells:  # a leaf: one call_module node, or inlined
+            path = self.path_of_module(m)
+            if self.inline_activations and _inlinable(m):
+                mark = self.mark()
+                try:
+                    out = m.forward(*args, **kwargs)
+                except Exception:  # noqa: BLE001 - say, Softmax(dim=None) branches on the rank
+                    self.rollback(mark)
+                else:
+                    self.inlined.append(path)
+                    return out
+            return self.create_proxy("call_module", path, args, kwargs)
         path = self.tree.paths[id(m)]
         scope = _Scope(m, path)
         mark = self.mark()
-        stack_depth = len(self.module_stack)
         failure: Exception | None = None
         self._scopes.append(scope)
         try:
-            # A shell is traced through: call it (hooks included) without torch.fx's scope and
-            # module-stack bookkeeping, which copies the stack into every node's meta.
-            out = forward(*args, **kwargs)
+            out = forward(*args, **kwargs)  # a shell is traced through (hooks included)
         except FxpassError:
             raise
         except Exception as error:  # noqa: BLE001 - an untraceable forward is kept as a call
@@ -238,8 +281,6 @@ class PatchTracer(torch.fx.Tracer):
             self._scopes[-1].reads.update(scope.reads)
             return out
         self.rollback(mark)
-        while len(self.module_stack) > stack_depth:  # a leaf call that failed half-way
-            self.module_stack.popitem(last=True)
         if failure is not None:
             reason = f"its forward cannot be traced ({type(failure).__name__}: {failure})"
         else:
@@ -304,7 +345,7 @@ class PatchTracer(torch.fx.Tracer):
         tensor = shell._parameters.get(attribute, shell._buffers.get(attribute))
         if tensor is None:
             return None
-        return self.create_proxy("get_attr", join_path(patched.path, attribute), (), {})
+        return self.proxy(self.create_node("get_attr", join_path(patched.path, attribute), (), {}))
 
     # -- modules kept as calls ---------------------------------------------------------------
 

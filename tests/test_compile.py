@@ -96,7 +96,12 @@ def test_optimizer_steps_side_by_side(entry: zoo.ZooEntry, warm_up: bool) -> Non
     if warm_up:  # compile after the model ran: lazy transform state already exists
         forward(runtime, inputs)
     gm = compile_entry(entry, copy.deepcopy(runtime))
-    for step, mode in enumerate(("train", "train", "eval", "train", "train")):
+    _steps_side_by_side(runtime, gm, inputs, ("train", "train", "eval", "train", "train"))
+
+
+def _steps_side_by_side(runtime: nn.Module, gm: nn.Module, inputs: tuple, modes: tuple[str, ...]) -> None:
+    """One SGD step of each model per mode: outputs, gradients and state bitwise equal."""
+    for step, mode in enumerate(modes):
         runtime.train(mode == "train")
         gm.train(mode == "train")
         out, out2 = forward(runtime, inputs, step), forward(gm, inputs, step)
@@ -347,3 +352,94 @@ def test_closure_over_a_tensor_is_a_constant_attribute_not_state() -> None:
         variant.graph.lint()
         assert list(variant.state_dict()) == ["0.weight", "0.bias"]
         assert torch.equal(variant(x), model(x))
+
+
+# -- compile(inline_activations=True) -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("entry", zoo_params())
+def test_inlined_activations_keep_every_guarantee(entry: zoo.ZooEntry) -> None:
+    runtime, inputs = entry.build()
+    gm = fxpass.compile(copy.deepcopy(runtime), scope=entry.scope, inline_activations=True)  # type: ignore[arg-type]
+    inlined = {
+        (path, name) for path, record in fxpass.records(gm).items() for name in record.inlined_activations
+    }
+    for path, name in inlined:
+        part = gm.get_submodule(path)
+        assert type(part.get_submodule(name)) in fxpass.ACTIVATIONS
+        assert name not in [n.target for n in part.graph.nodes if n.op == "call_module"]
+    expected = [
+        n for n, m in runtime.named_modules() if type(m) in fxpass.ACTIVATIONS and not n.startswith("block.attn")
+    ]
+    if entry.scope == "model":  # every activation the forward calls is inlined
+        assert sorted(name for _, name in inlined) == sorted(expected), expected
+    _steps_side_by_side(runtime, gm, inputs, ("train", "eval", "train"))
+    loaded = pickle.loads(pickle.dumps(gm))
+    assert fxpass.records(loaded) == fxpass.records(gm)
+    assert torch.equal(forward(loaded, inputs), forward(gm, inputs))
+
+
+class _MyReLU(nn.ReLU):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) + 1
+
+
+def _activation_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        imitate(nn.Linear(3, 3), "halve", lambda w: w / 2),
+        nn.ReLU(),
+        _MyReLU(),
+        nn.Tanh(),
+        nn.Softmax(dim=-1),
+    )
+
+
+def test_only_exact_activation_classes_without_hooks_are_inlined() -> None:
+    model = _activation_model()
+    x = torch.randn(2, 3)
+    calls: list[str] = []
+    model[3].register_forward_hook(lambda *_: calls.append("tanh"))
+    gm = fxpass.compile(model, inline_activations=True)
+    assert fxpass.record_of(gm).inlined_activations == ("1", "4")
+    # (a user subclass is traced through in any case, as torch.fx does)
+    assert [n.target for n in gm.graph.nodes if n.op == "call_module"] == ["3"]
+    assert torch.equal(gm(x), model(x)) and calls == ["tanh", "tanh"]
+    assert fxpass.record_of(fxpass.compile(model)).inlined_activations == ()
+
+
+def test_a_global_module_hook_keeps_activations_as_calls() -> None:
+    model = _activation_model()
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda *_: None)
+    try:
+        gm = fxpass.compile(model, inline_activations=True)
+    finally:
+        handle.remove()
+    assert fxpass.record_of(gm).inlined_activations == ()
+
+
+class _ModeBlock(nn.Module):
+    """Reads self.training, so it stays a call, with its ReLU inside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = imitate(nn.Linear(3, 3), "halve", lambda w: w / 2)
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act(self.fc(x))
+        return y * 2 if self.training else y
+
+
+def test_activations_of_a_kept_call_are_not_recorded_as_inlined() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(_ModeBlock(), nn.ReLU())
+    gm = fxpass.compile(model, inline_activations=True)
+    record = fxpass.record_of(gm)
+    assert [k.module for k in record.kept_calls] == ["0"]
+    assert record.inlined_activations == ("1",)
+    x = torch.randn(2, 3)
+    for mode in (True, False):
+        model.train(mode)
+        gm.train(mode)
+        assert torch.equal(gm(x), model(x))
