@@ -161,7 +161,7 @@ def _parity(args: argparse.Namespace) -> int:
 
 def _compile(args: argparse.Namespace) -> int:
     model, _ = _build_user_model(args.factory)
-    compiled = compile(model, scope=args.scope)
+    compiled = compile(model, scope=args.scope, inline_activations=args.inline_activations)
     torch.save(compiled, args.output)
     counts = _counts(records(compiled))
     print(f"compiled {type(model).__name__} ({counts}) and saved it whole to {args.output}")
@@ -254,6 +254,9 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument("factory", help="pkg.module:factory returning (model, example_inputs)")
     comp.add_argument("-o", "--output", type=Path, required=True)
     comp.add_argument("--scope", choices=["model", "module"], default="model")
+    comp.add_argument(
+        "--inline-activations", action="store_true", help="emit activation modules as functional calls"
+    )
     comp.set_defaults(run=_compile)
 
     inspect = commands.add_parser("inspect", help="show what a saved compiled model rewrote")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import contextvars
 import dataclasses
 import inspect
 from typing import Any, Callable, Iterator
@@ -49,7 +50,8 @@ hooks keeps its calls.
 
 _CALL_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 
-_TRACER_KEY = "_fxpass_tracer"
+# The tracer whose shells wear tracing classes (see PatchTracer._dressed), per thread.
+_ACTIVE: contextvars.ContextVar[PatchTracer | None] = contextvars.ContextVar("fxpass_tracer", default=None)
 
 
 @dataclasses.dataclass
@@ -70,12 +72,8 @@ class _Mark:
     inlined: int
 
 
-def _tracer_of(module: nn.Module) -> PatchTracer:
-    return module.__dict__[_TRACER_KEY]
-
-
 def _get_training(self: nn.Module) -> bool:
-    tracer = self.__dict__.get(_TRACER_KEY)
+    tracer = _ACTIVE.get()
     if tracer is not None:
         tracer.note_training_read()
     return self.__dict__["training"]
@@ -87,7 +85,9 @@ def _set_training(self: nn.Module, mode: bool) -> None:
 
 def _patched_property(attribute: str) -> property:
     def get(self: nn.Module) -> Any:
-        return _tracer_of(self).read_patched(self, attribute)
+        tracer = _ACTIVE.get()
+        assert tracer is not None, "a tracing class outlived its trace"
+        return tracer.read_patched(self, attribute)
 
     return property(get)
 
@@ -178,6 +178,7 @@ class PatchTracer(torch.fx.Tracer):
     def _dressed(self) -> Iterator[None]:
         """Give every shell its tracing class for the duration of the trace."""
         dressed: list[tuple[nn.Module, type]] = []
+        active = _ACTIVE.set(self)
         try:
             for key, shell in self.tree.shells.items():
                 patched = self.tree.patched.get(key)
@@ -185,12 +186,11 @@ class PatchTracer(torch.fx.Tracer):
                 dressed.append((shell, type(shell)))
                 # (object.__setattr__: nn.Module's would first look for a parameter "__class__")
                 object.__setattr__(shell, "__class__", _tracing_class(type(shell), attributes))
-                shell.__dict__[_TRACER_KEY] = self
             yield
         finally:
             for shell, cls in dressed:
                 object.__setattr__(shell, "__class__", cls)
-                shell.__dict__.pop(_TRACER_KEY, None)
+            _ACTIVE.reset(active)
 
     # -- rollback ----------------------------------------------------------------------------
 

@@ -58,6 +58,10 @@ def test_compile_then_inspect(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "halve" in out and "def forward" in out and "inlined" in out
     code, out, _ = run(capsys, "inspect", str(path), "--format", "json")
     assert json.loads(out)[""]["rewrites"][0]["transform"] == "halve"
+    assert json.loads(out)[""]["inlined_activations"] == []
+    run(capsys, "compile", "tests.cli_models:small", "-o", str(path), "--inline-activations")
+    code, out, _ = run(capsys, "inspect", str(path), "--format", "json")
+    assert json.loads(out)[""]["inlined_activations"] == ["1"]
 
 
 @pytest.mark.parametrize(
