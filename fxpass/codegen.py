@@ -10,9 +10,16 @@ is what ``nn.Module.__getattr__`` would end up reading, at a fraction of the cos
 A step is written as a dictionary read only where plain attribute lookup would reach the same
 dictionary: the owner's class uses ``nn.Module``'s lookup, the name is neither a class attribute
 (a property, a method) nor an instance attribute, and the name is in ``_modules``, ``_parameters``
-or ``_buffers``. Any other step, and every step after it, keeps torch.fx's form. Each read still
-happens on every call (nothing is cached), so reassigned parameters, ``load_state_dict``,
-``.to()`` and swapped submodules are seen as before. Steps are resolved when the code is
+or ``_buffers``. Any other step, and every step after it, keeps torch.fx's form.
+
+A dictionary that two reads or more pass through (``self._modules['layers']._modules``, a layer's
+``_parameters``) is looked up once per call, where the code first needs it, and kept in a local
+variable: reading an attribute of a module is slow even when it is in the instance ``__dict__``
+(``nn.Module`` defines ``__getattr__``, so CPython does not specialise those reads). The entries
+are read at every use and nothing outlives the call, so reassigned parameters,
+``load_state_dict``, ``.to()`` and replaced submodules are seen by the next call as before. (A
+forward that replaced a module's ``_parameters`` dictionary itself, or one of the modules on the
+way, while it runs would not be seen until the next call.) Steps are resolved when the code is
 generated: call ``recompile()`` after turning a module's child into a plain attribute, or the
 reverse.
 
@@ -72,23 +79,36 @@ class _Spellings:
     """Both spellings of targets under one root, each module prefix resolved once."""
 
     def __init__(self, root: nn.Module, base: str) -> None:
-        # path -> (torch.fx's chain, dict walk, the object reached while the walk holds, or None)
-        self._paths: dict[str, tuple[str, str, Any]] = {"": (base, base, root)}
+        # path -> (torch.fx's chain, dict walk, the object reached while the walk holds or None,
+        #          the dictionary the last step reads: (its expression, a name for it) or None)
+        self._paths: dict[str, tuple[str, str, Any, tuple[str, str] | None]] = {"": (base, base, root, None)}
 
     def __call__(self, target: str) -> tuple[str, str]:
-        chain, walk, _ = self._resolve(target)
+        chain, walk, _, _ = self._resolve(target)
         return chain, walk
 
-    def _resolve(self, path: str) -> tuple[str, str, Any]:
+    def dictionaries(self, target: str) -> list[tuple[str, str]]:
+        """The dictionaries the walk to ``target`` reads, outermost first: (expression, name)."""
+        steps = target.split(".")
+        found = []
+        for end in range(1, len(steps) + 1):
+            dictionary = self._resolve(".".join(steps[:end]))[3]
+            if dictionary is None:
+                break
+            found.append(dictionary)
+        return found
+
+    def _resolve(self, path: str) -> tuple[str, str, Any, tuple[str, str] | None]:
         found = self._paths.get(path)
         if found is None:
             parent, _, step = path.rpartition(".")
-            chain, walk, owner = self._resolve(parent)
+            chain, walk, owner, _ = self._resolve(parent)
             dictionary = None if owner is None else _dictionary_of(owner, step)
             if dictionary is None:
-                found = (_attribute_step(chain, step), _attribute_step(walk, step), None)
+                found = (_attribute_step(chain, step), _attribute_step(walk, step), None, None)
             else:
-                found = (_attribute_step(chain, step), f"{walk}.{dictionary}[{step!r}]", owner.__dict__[dictionary][step])
+                read = (f"{walk}.{dictionary}", (parent.replace(".", "_") or "self") + dictionary)
+                found = (_attribute_step(chain, step), f"{read[0]}[{step!r}]", owner.__dict__[dictionary][step], read)
             self._paths[path] = found
         return found
 
@@ -132,23 +152,60 @@ class DictWalkCodeGen(torch.fx.graph.CodeGen):
         # (the next statement) or "(" (the call). A line is rewritten only when it spells its
         # node's chain: a node whose name the code changed (to avoid a clash) keeps its line.
         spellings = _Spellings(root, root_module)
-        rewrites: dict[str, tuple[str, str]] = {}
+        rewrites: dict[str, tuple[str, str]] = {}  # node name -> (torch.fx's chain, target)
         for node in nodes:
             if node.op in ("get_attr", "call_module") and isinstance(node.target, str):
                 chain, walk = spellings(node.target)
                 if walk != chain:
-                    rewrites[node.name] = (chain, walk)
+                    rewrites[node.name] = (chain, node.target)
         if rewrites:
-            lines = code.src.split("\n")
-            for index, line in enumerate(lines):
-                if not line.startswith("    "):
-                    continue
-                name, equals, rest = line[4:].partition(" = ")
-                chain, walk = rewrites.get(name, ("", ""))
-                if chain and rest.startswith(chain) and rest[len(chain) : len(chain) + 1] in ("", ";", "("):
-                    lines[index] = f"    {name} = {walk}{rest[len(chain):]}"
-            code.src = "\n".join(lines)
+            code.src = _rewrite_lines(code.src, rewrites, spellings, namespace)
         return code
+
+
+def _rewrite_lines(
+    src: str, rewrites: dict[str, tuple[str, str]], spellings: _Spellings, namespace: Any
+) -> str:
+    """Rewrite the line of each node in ``rewrites`` (name -> (chain, target)) as its dict walk.
+
+    A dictionary that two walks or more read (``self._modules['layers']._modules``, a layer's
+    ``_parameters``) is bound to a local variable where the code first reads it, and later walks
+    start from there: a dictionary is looked up once per call, its entries at every read.
+    """
+    uses: dict[str, int] = {}
+    walks: dict[str, list[tuple[str, str]]] = {}
+    for name, (_, target) in rewrites.items():
+        walks[name] = spellings.dictionaries(target)
+        for expression, _hint in walks[name]:
+            uses[expression] = uses.get(expression, 0) + 1
+    bound: dict[str, str] = {}  # dictionary expression -> local variable
+
+    def relative(expression: str, dictionaries: list[tuple[str, str]]) -> str:
+        for outer, _hint in reversed(dictionaries):
+            if outer in bound:
+                return expression.replace(outer, bound[outer], 1)
+        return expression
+
+    lines = src.split("\n")
+    for index, line in enumerate(lines):
+        if not line.startswith("    "):
+            continue
+        name, equals, rest = line[4:].partition(" = ")
+        if not equals or name not in rewrites:
+            continue
+        chain, target = rewrites[name]
+        if not (rest.startswith(chain) and rest[len(chain) : len(chain) + 1] in ("", ";", "(")):
+            continue
+        dictionaries = walks[name]
+        statements = []
+        for depth, (expression, hint) in enumerate(dictionaries):
+            if uses[expression] > 1 and expression not in bound:
+                local = namespace.create_name(hint, None)
+                statements.append(f"{local} = {relative(expression, dictionaries[:depth])}")
+                bound[expression] = local
+        statements.append(f"{name} = {relative(spellings(target)[1], dictionaries)}{rest[len(chain):]}")
+        lines[index] = "    " + ";  ".join(statements)
+    return "\n".join(lines)
 
 
 def _owning_module(nodes: Any) -> nn.Module | None:

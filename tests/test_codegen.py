@@ -43,8 +43,14 @@ def test_generated_code_walks_the_tree_dictionaries() -> None:
     gm = fxpass.compile(_stack())
     reads = _tree_reads(gm)
     assert reads and not [line for line in reads if "getattr(" in line]
-    assert "_0_0_weight = self._modules['0']._modules['0']._parameters['weight']" in gm.code
-    assert "self._modules['0']._modules['1'](linear)" in gm.code
+    # each dictionary read on the way to two targets or more is looked up once per call
+    assert (
+        "self_modules = self._modules;  _0_modules = self_modules['0']._modules;  "
+        "_0_0_parameters = _0_modules['0']._parameters;  _0_0_weight = _0_0_parameters['weight']"
+    ) in gm.code
+    assert "_0_0_bias = _0_0_parameters['bias']" in gm.code
+    assert "_0_1 = _0_modules['1'](linear)" in gm.code
+    assert gm.code.count("self._modules") == 1 and gm.code.count("_0_modules = ") == 1
 
 
 @pytest.mark.parametrize("entry", zoo_params())
@@ -175,7 +181,7 @@ class _Outer(nn.Module):
 def test_deepcopy_generates_code_for_the_copied_tree() -> None:
     model = _Outer()  # code spelled after the classes of the copy, not of torch.fx's stand-ins
     gm = fxpass.compile(model)
-    assert "self._modules['lookup'].inner.weight" in gm.code
+    assert "self_modules['lookup'].inner.weight" in gm.code
     copied = copy.deepcopy(gm)
     assert copied.code == gm.code
     x = torch.randn(2, 2)
