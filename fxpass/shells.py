@@ -90,7 +90,8 @@ def _rebind_hooks(shell: nn.Module, namespace: dict[str, Any]) -> None:
     """Point hooks that receive their module at the shell, and make local hook functions
     pickleable, so the compiled model pickles wherever the runtime one needed only state_dict."""
     for name, hooks in namespace.items():
-        if not (name.endswith("_hooks") and isinstance(hooks, dict)):
+        # (most modules hold no hook: an empty container is skipped before its name is looked at)
+        if not (isinstance(hooks, dict) and hooks and name.endswith("_hooks")):
             continue
         for key, hook in hooks.items():
             if isinstance(hook, _WrappedHook):
