@@ -35,9 +35,13 @@ from typing import Any
 import torch.fx
 import torch.nn as nn
 
-__all__ = ["DictWalkCodeGen", "attribute_chain", "dict_walk"]
+__all__ = ["PICKLES_ATTRIBUTE_CODE", "DictWalkCodeGen", "attribute_chain", "dict_walk"]
 
 _MODULE_GETATTR = nn.Module.__getattr__
+
+#: A class attribute: true on GraphModule classes whose pickles carry torch.fx's own code (see
+#: :class:`fxpass.ops.CompiledGraphModule`); the code generator writes walks for those only.
+PICKLES_ATTRIBUTE_CODE = "pickles_attribute_code"
 _DICTIONARIES = ("_modules", "_parameters", "_buffers")
 
 
@@ -135,18 +139,30 @@ class DictWalkCodeGen(torch.fx.graph.CodeGen):
     recognise (a torch.fx version that spells targets differently) keeps torch.fx's form, which
     reads the same objects. It holds no state, so a graph carrying it deep-copies as before.
 
+    It writes walks only for an owning module whose class sets :data:`PICKLES_ATTRIBUTE_CODE`
+    (:class:`fxpass.ops.CompiledGraphModule`); for any other GraphModule it is torch.fx's
+    generator.
+
     Example:
         >>> import torch.fx, torch.nn as nn
-        >>> gm = torch.fx.symbolic_trace(nn.Sequential(nn.Linear(2, 2)))
-        >>> gm.graph.set_codegen(DictWalkCodeGen())
-        >>> print(gm.recompile().src.strip().splitlines()[2].strip())
+        >>> from fxpass.ops import CompiledGraphModule
+        >>> model = nn.Sequential(nn.Linear(2, 2))
+        >>> traced = torch.fx.symbolic_trace(model)
+        >>> gm = CompiledGraphModule.build(model, traced.graph, class_name="M", training=True)
+        >>> print(gm.code.strip().splitlines()[2].strip())
         _0 = self._modules['0'](input_1);  input_1 = None
+        >>> plain = torch.fx.GraphModule(model, gm.graph)  # a plain GraphModule: torch.fx's code
+        >>> print(plain.code.strip().splitlines()[2].strip())
+        _0 = getattr(self, "0")(input_1);  input_1 = None
     """
 
     def _gen_python_code(self, nodes: Any, root_module: str, namespace: Any, **kwargs: Any) -> Any:
         code = super()._gen_python_code(nodes, root_module, namespace, **kwargs)
         root = _owning_module(nodes)
-        if root is None:
+        if not getattr(root, PICKLES_ATTRIBUTE_CODE, False):
+            # Only a module that pickles torch.fx's code gets walks: a plain GraphModule (one a
+            # torch.fx pass built around this graph, say) would pickle the walks, and re-tracing
+            # them on load would turn every transform into a constant.
             return code
         # Each get_attr or call_module is one line "    <name> = <chain>" followed by nothing, ";"
         # (the next statement) or "(" (the call). A line is rewritten only when it spells its

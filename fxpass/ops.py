@@ -210,6 +210,8 @@ class CompiledGraphModule(torch.fx.GraphModule):
     (:class:`fxpass.codegen.DictWalkCodeGen`); pickles and TorchScript get torch.fx's own code.
     """
 
+    pickles_attribute_code = True  # see fxpass.codegen.PICKLES_ATTRIBUTE_CODE
+
     @classmethod
     def build(
         cls,

@@ -237,3 +237,18 @@ def test_an_untraceable_transform_is_tried_once_and_opaque_everywhere() -> None:
     assert [r.how for r in fxpass.record_of(gm).rewrites if r.attribute == "weight"] == ["opaque"] * 3
     x = torch.randn(2, 3)
     assert torch.equal(gm(x), model(x))
+
+
+def test_a_plain_graph_module_around_the_graph_gets_torch_fx_code_and_pickles_faithfully() -> None:
+    """A torch.fx pass (Transformer) builds a plain GraphModule carrying the graph's code
+    generator: its pickles must re-trace to get_attr + transform nodes, not constants."""
+    model = _stack()
+    gm = fxpass.compile(model)
+    passed = torch.fx.Transformer(gm).transform()
+    assert type(passed.graph._codegen).__name__ == "DictWalkCodeGen"
+    assert "_modules[" not in passed.code
+    loaded = pickle.loads(pickle.dumps(passed))
+    assert not [n for n in loaded.graph.nodes if n.op == "get_attr" and "constant" in n.target]
+    assert [n.op for n in loaded.graph.nodes] == [n.op for n in gm.graph.nodes]
+    x = torch.randn(2, 4)
+    assert torch.equal(loaded(x), model(x))
