@@ -149,10 +149,10 @@ class DictWalkCodeGen(torch.fx.graph.CodeGen):
         >>> model = nn.Sequential(nn.Linear(2, 2))
         >>> traced = torch.fx.symbolic_trace(model)
         >>> gm = CompiledGraphModule.build(model, traced.graph, class_name="M", training=True)
-        >>> print(gm.code.strip().splitlines()[2].strip())
+        >>> print(gm.code.strip().splitlines()[-2].strip())
         _0 = self._modules['0'](input_1);  input_1 = None
         >>> plain = torch.fx.GraphModule(model, gm.graph)  # a plain GraphModule: torch.fx's code
-        >>> print(plain.code.strip().splitlines()[2].strip())
+        >>> print(plain.code.strip().splitlines()[-2].strip())
         _0 = getattr(self, "0")(input_1);  input_1 = None
     """
 
@@ -174,8 +174,24 @@ class DictWalkCodeGen(torch.fx.graph.CodeGen):
                 chain, walk = spellings(node.target)
                 if walk != chain:
                     rewrites[node.name] = (chain, node.target)
-        if rewrites:
-            code.src = _rewrite_lines(code.src, rewrites, spellings, namespace)
+        if not rewrites:
+            return code
+        guard = _tracing_guard(nodes, code)
+        if guard is None:
+            return code
+        default_src = code.src
+        code.src = _rewrite_lines(code.src, rewrites, spellings, namespace)
+        # torch.fx tracing this forward (symbolic_trace of the compiled model, a model around
+        # it, make_fx) must see attribute reads, or the transforms would run eagerly on the raw
+        # tensors and be recorded as constants: the forward then runs torch.fx's own code.
+        def_line, call = guard
+        lines = code.src.split("\n")
+        lines.insert(def_line + 1, f"    if {_TRACE_STATE}._is_fx_tracing_flag: return {_DEFAULT}(self, {call})")
+        code.src = "\n".join(lines)
+        code.globals[_TRACE_STATE] = torch.fx._symbolic_trace
+        code.globals[_DEFAULT] = _DefaultForward(default_src, dict(code.globals))
+        if code._lineno_map is not None:  # (numbered from the def line: one more line before each)
+            code._lineno_map = {line + 1: node for line, node in code._lineno_map.items()}
         return code
 
 
@@ -222,6 +238,52 @@ def _rewrite_lines(
         statements.append(f"{name} = {relative(spellings(target)[1], dictionaries)}{rest[len(chain):]}")
         lines[index] = "    " + ";  ".join(statements)
     return "\n".join(lines)
+
+
+_TRACE_STATE = "_fxpass_fx_trace_state"
+_DEFAULT = "_fxpass_attribute_forward"
+
+
+def _tracing_guard(nodes: Any, code: Any) -> tuple[int, str] | None:
+    """Where the forward's ``def`` line is, and the arguments that forward its parameters, or None
+    when the code is not of the expected shape (then no walks are written)."""
+    if not hasattr(torch.fx._symbolic_trace, "_is_fx_tracing_flag"):
+        return None
+    lines = code.src.split("\n")
+    def_line = next((i for i, line in enumerate(lines) if line.startswith("def forward(self")), None)
+    if def_line is None or not lines[def_line].endswith(":"):
+        return None
+    arguments, keyword_only = [], False
+    for node in nodes:
+        if node.op != "placeholder":
+            continue
+        target = str(node.target)
+        if target.startswith("*"):
+            arguments.append(target)
+            keyword_only = True
+        elif keyword_only:
+            arguments.append(f"{target}={target}")
+        else:
+            arguments.append(target)
+        if not target.lstrip("*").isidentifier():
+            return None
+    return def_line, ", ".join(arguments)
+
+
+class _DefaultForward:
+    """torch.fx's own forward for the same graph, compiled the first time a tracer needs it."""
+
+    def __init__(self, src: str, globals_: dict[str, Any]) -> None:
+        self.src = src
+        self.globals = globals_
+        self.fn: Any = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.fn is None:
+            namespace = dict(self.globals)
+            exec(compile(self.src, "<fxpass: torch.fx's code>", "exec"), namespace)  # noqa: S102
+            self.fn = namespace["forward"]
+        return self.fn(*args, **kwargs)
 
 
 def _owning_module(nodes: Any) -> nn.Module | None:

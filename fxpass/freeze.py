@@ -116,7 +116,7 @@ def freeze(model: nn.Module) -> torch.fx.GraphModule:
         class_name=type(gm).__name__,
         training=False,
         preserved={FROZEN_ATTRIBUTE: tuple(frozen)},
-    )
+    ).eval()  # (the containers torch.fx created for the referenced parts too)
 
 
 def _unkeep_calls(gm: torch.fx.GraphModule) -> None:

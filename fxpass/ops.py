@@ -231,7 +231,8 @@ class CompiledGraphModule(torch.fx.GraphModule):
             class_name: the result's class name.
             training: the result's mode.
             preserved: more attributes to keep through copies and pickles (see :meth:`preserve`).
-            codegen: the code generator (default: :class:`fxpass.codegen.DictWalkCodeGen`).
+            codegen: the code generator (default: :class:`fxpass.codegen.DictWalkCodeGen` for a
+                graph with torch.fx's plain generator; a pytree one, from ``concrete_args``, stays).
 
         Root-level attributes of ``tree`` that the graph reads and that are not part of the tree
         (tensor constants) are set on the result too, and kept like ``preserved``.
@@ -249,7 +250,7 @@ class CompiledGraphModule(torch.fx.GraphModule):
         tree_names = {*tree._parameters, *tree._buffers, *tree._modules}
         constants = {name: getattr(tree, name) for name in _root_attributes(graph) if name not in tree_names}
         gm.preserve(**{**constants, **(preserved or {})})
-        graph.set_codegen(codegen if codegen is not None else DictWalkCodeGen())
+        graph.set_codegen(codegen if codegen is not None else _fast_codegen(graph))
         gm.graph = graph  # generates the code, against the tree now in place
         return gm
 
@@ -269,6 +270,11 @@ class CompiledGraphModule(torch.fx.GraphModule):
         preserved = self.meta.get(PRESERVED, {})
         return (_rebuild_compiled, (rebuild, args, preserved, type(self).__name__))
 
+    def __reduce_package__(self, exporter: Any) -> tuple[Any, ...]:
+        # torch.package saves the generated code too, and re-traces it on import.
+        with _default_code(self):
+            return super().__reduce_package__(exporter)
+
     def __deepcopy__(self, memo: dict[int, Any]) -> CompiledGraphModule:
         copied = super().__deepcopy__(memo)
         # torch.fx generated the copy's code before restoring the preserved tree and attributes
@@ -285,8 +291,19 @@ class CompiledGraphModule(torch.fx.GraphModule):
             class_name=type(self).__name__,
             training=self.training,
             preserved=extras,
-            codegen=torch.fx.graph.CodeGen(),
+            codegen=_plain_codegen(self.graph),
         )
+
+
+def _fast_codegen(graph: torch.fx.Graph) -> torch.fx.graph.CodeGen:
+    """Dict walks for a graph with torch.fx's plain generator; any other generator (the pytree
+    one of ``concrete_args``) stays as it is."""
+    return DictWalkCodeGen() if type(graph._codegen) is torch.fx.graph.CodeGen else graph._codegen
+
+
+def _plain_codegen(graph: torch.fx.Graph) -> torch.fx.graph.CodeGen:
+    """torch.fx's own generator in place of the dict walks."""
+    return torch.fx.graph.CodeGen() if isinstance(graph._codegen, DictWalkCodeGen) else graph._codegen
 
 
 def _root_attributes(graph: torch.fx.Graph) -> list[str]:
@@ -302,7 +319,7 @@ def _root_attributes(graph: torch.fx.Graph) -> list[str]:
 def _default_code(gm: torch.fx.GraphModule) -> Iterator[None]:
     """Within the block, ``gm`` has torch.fx's own generated code."""
     codegen = gm.graph._codegen
-    gm.graph.set_codegen(torch.fx.graph.CodeGen())
+    gm.graph.set_codegen(_plain_codegen(gm.graph))
     gm.recompile()
     try:
         yield
@@ -326,6 +343,6 @@ def _rebuild_compiled(
             gm.__dict__[name] = value
         else:
             setattr(gm, name, value)
-    gm.graph.set_codegen(DictWalkCodeGen())
+    gm.graph.set_codegen(_fast_codegen(gm.graph))
     gm.recompile()  # the generated forward lives on the (new) class, and reads the final tree
     return gm

@@ -252,3 +252,55 @@ def test_a_plain_graph_module_around_the_graph_gets_torch_fx_code_and_pickles_fa
     assert [n.op for n in loaded.graph.nodes] == [n.op for n in gm.graph.nodes]
     x = torch.randn(2, 4)
     assert torch.equal(loaded(x), model(x))
+
+
+def test_torch_fx_tracing_the_compiled_model_sees_attribute_reads() -> None:
+    """symbolic_trace of a compiled model (or of a model around it) re-traces its forward: the
+    transforms must stay nodes on get_attr of the raw tensors, not constants."""
+    model = _stack()
+    gm = fxpass.compile(model)
+    traced = torch.fx.symbolic_trace(nn.Sequential(gm))
+    assert not [n for n in traced.graph.nodes if n.op == "get_attr" and "constant" in n.target]
+    x = torch.randn(2, 4)
+    assert torch.equal(traced(x), model(x))
+    with torch.no_grad():
+        gm.get_parameter("0.0.weight").mul_(-1)
+    assert torch.equal(traced(x), model(x))  # the traced graph reads the parameter, as gm does
+    assert "_modules[" in gm.code
+
+
+@pytest.mark.filterwarnings("ignore:TypedStorage is deprecated")
+def test_torch_package_round_trip_keeps_transforms_as_nodes(tmp_path) -> None:
+    from torch.package import PackageExporter, PackageImporter
+
+    model = _stack()
+    gm = fxpass.compile(model)
+    path = tmp_path / "model.pt"
+    with PackageExporter(path) as exporter:
+        exporter.extern(["fxpass.**", "imitation_runtime.**", "tests.**"])
+        exporter.intern("**")
+        exporter.save_pickle("model", "model.pkl", gm)
+    loaded = PackageImporter(path).load_pickle("model", "model.pkl")
+    assert not [n for n in loaded.graph.nodes if n.op == "get_attr" and "constant" in n.target]
+    x = torch.randn(2, 4)
+    assert torch.equal(loaded(x), model(x))
+    assert "_modules[" in gm.code
+
+
+class _Dict(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = imitate(nn.Linear(4, 4), "quantize", quantize)
+
+    def forward(self, inputs: dict) -> torch.Tensor:
+        return self.lin(inputs["a"]) + inputs["b"]
+
+
+def test_pytree_concrete_args_keep_torch_fx_pytree_code() -> None:
+    torch.manual_seed(0)
+    model = _Dict()
+    PH = torch.fx._symbolic_trace.PH
+    gm = fxpass.compile(model, concrete_args={"inputs": {"a": PH, "b": PH}})
+    inputs = {"a": torch.randn(2, 4), "b": torch.randn(2, 4)}
+    assert torch.equal(gm(inputs), model(inputs))
+    assert torch.equal(pickle.loads(pickle.dumps(gm))(inputs), model(inputs))
