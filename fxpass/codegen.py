@@ -179,7 +179,6 @@ class DictWalkCodeGen(torch.fx.graph.CodeGen):
         guard = _tracing_guard(nodes, code)
         if guard is None:
             return code
-        default_src = code.src
         code.src = _rewrite_lines(code.src, rewrites, spellings, namespace)
         # torch.fx tracing this forward (symbolic_trace of the compiled model, a model around
         # it, make_fx) must see attribute reads, or the transforms would run eagerly on the raw
@@ -189,7 +188,7 @@ class DictWalkCodeGen(torch.fx.graph.CodeGen):
         lines.insert(def_line + 1, f"    if {_TRACE_STATE}._is_fx_tracing_flag: return {_DEFAULT}(self, {call})")
         code.src = "\n".join(lines)
         code.globals[_TRACE_STATE] = torch.fx._symbolic_trace
-        code.globals[_DEFAULT] = _DefaultForward(default_src, dict(code.globals))
+        code.globals[_DEFAULT] = _DefaultForward(_graph_of(nodes))
         if code._lineno_map is not None:  # (numbered from the def line: one more line before each)
             code._lineno_map = {line + 1: node for line, node in code._lineno_map.items()}
         return code
@@ -271,19 +270,28 @@ def _tracing_guard(nodes: Any, code: Any) -> tuple[int, str] | None:
 
 
 class _DefaultForward:
-    """torch.fx's own forward for the same graph, compiled the first time a tracer needs it."""
+    """torch.fx's own forward for a graph, generated the first time a tracer needs it."""
 
-    def __init__(self, src: str, globals_: dict[str, Any]) -> None:
-        self.src = src
-        self.globals = globals_
+    def __init__(self, graph: torch.fx.Graph) -> None:
+        self.graph = graph
         self.fn: Any = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.fn is None:
-            namespace = dict(self.globals)
-            exec(compile(self.src, "<fxpass: torch.fx's code>", "exec"), namespace)  # noqa: S102
+            codegen = self.graph._codegen
+            self.graph._codegen = torch.fx.graph.CodeGen()
+            try:
+                code = self.graph.python_code(root_module="self")
+            finally:
+                self.graph._codegen = codegen
+            namespace = dict(code.globals)
+            exec(compile(code.src, "<fxpass: torch.fx's code>", "exec"), namespace)  # noqa: S102
             self.fn = namespace["forward"]
         return self.fn(*args, **kwargs)
+
+
+def _graph_of(nodes: Any) -> torch.fx.Graph:
+    return next(iter(nodes)).graph
 
 
 def _owning_module(nodes: Any) -> nn.Module | None:
