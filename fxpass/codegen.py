@@ -23,9 +23,11 @@ way, while it runs would not be seen until the next call.) Steps are resolved wh
 generated: call ``recompile()`` after turning a module's child into a plain attribute, or the
 reverse.
 
-Whatever needs torch.fx's own code gets it: a pickle (torch.fx re-traces the code when it loads
-one, and must see attribute reads to rebuild ``get_attr`` nodes) and TorchScript (which cannot
-compile ``_modules[...]``); see :class:`fxpass.ops.CompiledGraphModule`.
+Whatever re-traces the code with torch.fx gets torch.fx's own code, since a walk would hand the
+tracer the raw tensor and the transforms after it would be recorded as constants: pickles and
+``torch.package`` carry it, TorchScript (which cannot compile ``_modules[...]``) compiles a twin
+with it (see :class:`fxpass.ops.CompiledGraphModule`), and the forward's first line hands a call
+made while torch.fx traces (``symbolic_trace`` of the compiled model, ``make_fx``) to it.
 """
 
 from __future__ import annotations
@@ -158,7 +160,9 @@ class DictWalkCodeGen(torch.fx.graph.CodeGen):
 
     def _gen_python_code(self, nodes: Any, root_module: str, namespace: Any, **kwargs: Any) -> Any:
         code = super()._gen_python_code(nodes, root_module, namespace, **kwargs)
-        root = _owning_module(nodes)
+        first = next(iter(nodes), None)
+        graph = first.graph if first is not None else None
+        root = graph.owning_module if graph is not None else None
         if not getattr(root, PICKLES_ATTRIBUTE_CODE, False):
             # Only a module that pickles torch.fx's code gets walks: a plain GraphModule (one a
             # torch.fx pass built around this graph, say) would pickle the walks, and re-tracing
@@ -176,28 +180,29 @@ class DictWalkCodeGen(torch.fx.graph.CodeGen):
                     rewrites[node.name] = (chain, node.target)
         if not rewrites:
             return code
-        guard = _tracing_guard(nodes, code)
+        lines = code.src.split("\n")
+        guard = _tracing_guard(nodes, lines)
         if guard is None:
             return code
-        code.src = _rewrite_lines(code.src, rewrites, spellings, namespace)
+        _rewrite_lines(lines, rewrites, spellings, namespace)
         # torch.fx tracing this forward (symbolic_trace of the compiled model, a model around
         # it, make_fx) must see attribute reads, or the transforms would run eagerly on the raw
         # tensors and be recorded as constants: the forward then runs torch.fx's own code.
         def_line, call = guard
-        lines = code.src.split("\n")
         lines.insert(def_line + 1, f"    if {_TRACE_STATE}._is_fx_tracing_flag: return {_DEFAULT}(self, {call})")
         code.src = "\n".join(lines)
         code.globals[_TRACE_STATE] = torch.fx._symbolic_trace
-        code.globals[_DEFAULT] = _DefaultForward(_graph_of(nodes))
+        code.globals[_DEFAULT] = _DefaultForward(graph)
         if code._lineno_map is not None:  # (numbered from the def line: one more line before each)
             code._lineno_map = {line + 1: node for line, node in code._lineno_map.items()}
         return code
 
 
 def _rewrite_lines(
-    src: str, rewrites: dict[str, tuple[str, str]], spellings: _Spellings, namespace: Any
-) -> str:
-    """Rewrite the line of each node in ``rewrites`` (name -> (chain, target)) as its dict walk.
+    lines: list[str], rewrites: dict[str, tuple[str, str]], spellings: _Spellings, namespace: Any
+) -> None:
+    """Rewrite, in place, the line of each node in ``rewrites`` (name -> (chain, target)) as its
+    dict walk.
 
     A dictionary that two walks or more read (``self._modules['layers']._modules``, a layer's
     ``_parameters``) is bound to a local variable where the code first reads it, and later walks
@@ -217,7 +222,6 @@ def _rewrite_lines(
                 return expression.replace(outer, bound[outer], 1)
         return expression
 
-    lines = src.split("\n")
     for index, line in enumerate(lines):
         if not line.startswith("    "):
             continue
@@ -236,19 +240,17 @@ def _rewrite_lines(
                 bound[expression] = local
         statements.append(f"{name} = {relative(spellings(target)[1], dictionaries)}{rest[len(chain):]}")
         lines[index] = "    " + ";  ".join(statements)
-    return "\n".join(lines)
 
 
 _TRACE_STATE = "_fxpass_fx_trace_state"
 _DEFAULT = "_fxpass_attribute_forward"
 
 
-def _tracing_guard(nodes: Any, code: Any) -> tuple[int, str] | None:
+def _tracing_guard(nodes: Any, lines: list[str]) -> tuple[int, str] | None:
     """Where the forward's ``def`` line is, and the arguments that forward its parameters, or None
     when the code is not of the expected shape (then no walks are written)."""
     if not hasattr(torch.fx._symbolic_trace, "_is_fx_tracing_flag"):
         return None
-    lines = code.src.split("\n")
     def_line = next((i for i, line in enumerate(lines) if line.startswith("def forward(self")), None)
     if def_line is None or not lines[def_line].endswith(":"):
         return None
@@ -288,13 +290,3 @@ class _DefaultForward:
             exec(compile(code.src, "<fxpass: torch.fx's code>", "exec"), namespace)  # noqa: S102
             self.fn = namespace["forward"]
         return self.fn(*args, **kwargs)
-
-
-def _graph_of(nodes: Any) -> torch.fx.Graph:
-    return next(iter(nodes)).graph
-
-
-def _owning_module(nodes: Any) -> nn.Module | None:
-    for node in nodes:
-        return node.graph.owning_module
-    return None

@@ -199,11 +199,18 @@ class PatchTracer(torch.fx.Tracer):
         last = next(iter(reversed(self.graph.nodes)), None)
         return _Mark(last, len(self.rewrites), len(self.kept), len(self.inlined))
 
-    def rollback(self, mark: _Mark) -> None:
-        """Erase every node and record entry added since ``mark``."""
-        for node in list(reversed(self.graph.nodes)):
+    def nodes_since(self, mark: _Mark) -> list[torch.fx.Node]:
+        """The nodes added since ``mark``, in graph order."""
+        added: list[torch.fx.Node] = []
+        for node in reversed(self.graph.nodes):
             if node is mark.node:
                 break
+            added.append(node)
+        return added[::-1]
+
+    def rollback(self, mark: _Mark) -> None:
+        """Erase every node and record entry added since ``mark``."""
+        for node in reversed(self.nodes_since(mark)):
             self.graph.erase_node(node)
         del self.rewrites[mark.rewrites :]
         del self.kept[mark.kept :]
@@ -324,16 +331,12 @@ class PatchTracer(torch.fx.Tracer):
         return out
 
     def _record(self, patched: Patched, attribute: str, transform: str, how: str, mark: _Mark) -> None:
-        nodes: list[str] = []
-        for node in reversed(self.graph.nodes):
-            if node is mark.node:
-                break
-            nodes.append(node.name)
+        nodes = tuple(node.name for node in self.nodes_since(mark))
         thing = patched.transforms.get(transform)
         if thing is None:  # a parametrization
             thing = patched.shell.get_submodule(transform)
         self.rewrites.append(
-            Rewrite(patched.path, attribute, transform, how, describe(thing), tuple(reversed(nodes)))  # type: ignore[arg-type]
+            Rewrite(patched.path, attribute, transform, how, describe(thing), nodes)  # type: ignore[arg-type]
         )
 
     def _raw(self, patched: Patched, attribute: str) -> Any:

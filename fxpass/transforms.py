@@ -139,16 +139,12 @@ class TransformTrace:
             return None
         if len(tracer.rewrites) != mark.rewrites or len(tracer.kept) != mark.kept:
             return None
-        if next(iter(reversed(tracer.graph.nodes)), None) is mark.node:
-            return None  # no node added: nothing to save by replaying
-        added: list[torch.fx.Node] = []
-        for node in reversed(tracer.graph.nodes):
-            if node is mark.node:
-                break
-            added.append(node)
+        added = tracer.nodes_since(mark)
+        if not added:
+            return None  # nothing to save by replaying
         template = torch.fx.Graph()
         copies = {value.node: template.placeholder("value")}
-        for node in reversed(added):
+        for node in added:
             if any(arg not in copies for arg in node.all_input_nodes):
                 return None  # reads a node from outside the transform
             copies[node] = template.node_copy(node, copies.__getitem__)
