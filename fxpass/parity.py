@@ -14,13 +14,17 @@ and relative differences seen.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import gc
 import io
 import math
+import random
 import statistics
+import sys
 import time
+import types
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -246,8 +250,9 @@ def default_loss(output: Any) -> torch.Tensor:
 
 def check(
     model: nn.Module,
-    example_inputs: Any,
+    example_inputs: Any = (),
     *,
+    example_kwargs: Mapping[str, Any] | None = None,
     candidate: Candidate = None,
     steps: int = 3,
     loss_fn: LossFn | None = None,
@@ -263,10 +268,11 @@ def check(
 
     ``model`` (the reference, typically runtime-patched) is never touched: every run works on
     deep copies. For each mode, fresh copies of the reference and the candidate run ``steps``
-    optimizer steps on ``example_inputs``; torch's RNG is seeded identically before each model's
-    forward (so dropout draws the same masks) and the global RNG state is restored afterwards.
-    Each step compares the outputs (leaf by leaf through tuples, lists, dicts, dataclasses), the
-    gradients of every parameter and input by name, then parameters and buffers after the
+    optimizer steps on ``example_inputs`` (and ``example_kwargs``); torch's, Python's and numpy's
+    RNGs are seeded identically before each model's forward (so dropout draws the same masks) and
+    their global states are restored afterwards. Each step compares the outputs leaf by leaf
+    (through tuples, lists, dicts, dataclasses, ``ModelOutput``, pytree nodes, and the attributes
+    of other objects, so a KV cache's tensors are compared one by one), the gradients of every parameter and input by name, then parameters and buffers after the
     optimizer step; the parameter names and their order are a row of their own. The optimizer is
     built after the first forward, so parameters that transforms create lazily are trained too;
     any created later are added as a new param group on both sides. In ``"eval"`` mode the
@@ -287,6 +293,8 @@ def check(
         model: the reference model.
         example_inputs: the positional arguments of ``model``'s forward, as a tuple or list; any
             other object is passed as the only argument.
+        example_kwargs: keyword arguments of ``model``'s forward (``input_ids=...,
+            attention_mask=...`` for a transformers model), passed with ``example_inputs``.
         candidate: the model claimed equivalent: None for ``fxpass.compile`` of the reference,
             an ``nn.Module`` (deep-copied for each run), or a factory called with a deep copy of
             the reference that returns one.
@@ -296,7 +304,7 @@ def check(
         modes: the modes to run a trajectory in, among ``"train"`` and ``"eval"``.
         atol: absolute tolerance; with ``rtol`` 0 as well, comparisons are bitwise.
         rtol: relative tolerance.
-        seed: seed of torch's RNG before the forwards (step ``i`` uses ``seed + i``).
+        seed: seed of the RNGs before the forwards (step ``i`` uses ``seed + i``).
         probes: optional probes among ``"export"``, ``"dynamo"`` and ``"script"``.
         compile_options: keyword arguments of ``fxpass.compile`` (``scope``, ``concrete_args``)
             when ``candidate`` is None.
@@ -329,6 +337,7 @@ def check(
         model=model,
         name=name,
         inputs=inputs,
+        kwargs=dict(example_kwargs or {}),
         candidate=candidate,
         compile_options=dict(compile_options or {}),
         loss_fn=default_loss if loss_fn is None else loss_fn,
@@ -337,7 +346,7 @@ def check(
         rtol=float(rtol),
         seed=seed,
     )
-    with torch.random.fork_rng():
+    with torch.random.fork_rng(), _python_and_numpy_rng_restored():
         run.preflight()
         for mode in modes:
             run.trajectory(mode, steps)
@@ -375,6 +384,7 @@ class _Run:
         model: nn.Module,
         name: str,
         inputs: tuple[Any, ...],
+        kwargs: dict[str, Any],
         candidate: Candidate,
         compile_options: dict[str, Any],
         loss_fn: LossFn,
@@ -386,6 +396,7 @@ class _Run:
         self.model = model
         self.name = name
         self.inputs = inputs
+        self.kwargs = kwargs
         self.candidate = candidate
         self.compile_options = compile_options
         self.loss_fn = loss_fn
@@ -450,7 +461,16 @@ class _Run:
         return counts, patched, kept
 
     def seed_for(self, step: int) -> None:
-        torch.manual_seed(self.seed + step)
+        _seed_everything(self.seed + step)
+
+    def fresh_inputs(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """New copies of the example inputs, so one model's in-place edits cannot reach another."""
+        return _fresh(self.inputs), _fresh(self.kwargs)
+
+    def call(self, module: nn.Module) -> Any:
+        """``module`` on fresh copies of the example inputs."""
+        args, kwargs = self.fresh_inputs()
+        return module(*args, **kwargs)
 
     # the checks ----------------------------------------------------------------------------------
 
@@ -460,7 +480,7 @@ class _Run:
         self.seed_for(0)
         try:
             with torch.no_grad():
-                reference(*_fresh(self.inputs))
+                self.call(reference)
         except Exception as e:
             raise self.inputs_error(e, "") from e
 
@@ -505,15 +525,15 @@ class _Run:
             for module in (reference, candidate):
                 for parameter in module.parameters():
                     parameter.grad = None
-            inputs_r, inputs_c = _fresh(self.inputs), _fresh(self.inputs)
+            inputs_r, inputs_c = self.fresh_inputs(), self.fresh_inputs()
             self.seed_for(step)
             try:
-                out_r = reference(*inputs_r)
+                out_r = reference(*inputs_r[0], **inputs_r[1])
             except Exception as e:
                 raise self.inputs_error(e, f" (at {prefix})") from e
             self.seed_for(step)
             try:
-                out_c = candidate(*inputs_c)
+                out_c = candidate(*inputs_c[0], **inputs_c[1])
             except Exception as e:  # noqa: BLE001 - a failing candidate is a failing row
                 self.add(f"{prefix}/output", passed=False, detail=f"candidate raised {_error_text(e)}")
                 break
@@ -550,7 +570,7 @@ class _Run:
             else:
                 self.add(
                     f"{prefix}/grad",
-                    self.compare(_grads(reference, inputs_r), _grads(candidate, inputs_c)),
+                    self.compare(_grads(reference, *inputs_r), _grads(candidate, *inputs_c)),
                 )
 
             step_error = ""
@@ -621,7 +641,7 @@ class _Run:
             self.seed_for(0)
             try:
                 with torch.no_grad():
-                    outputs.append(_flat(module(*_fresh(self.inputs)), "output"))
+                    outputs.append(_flat(self.call(module), "output"))
             except Exception as e:  # noqa: BLE001 - a failing candidate is a failing row
                 detail = f"reloaded candidate raised {_error_text(e)}"
                 self.add("save_load/output", passed=False, detail=detail)
@@ -638,7 +658,8 @@ class _Run:
                 _dynamo.reset()
                 try:
                     self.seed_for(0)
-                    explained = _dynamo.explain(candidate)(*_fresh(self.inputs))
+                    args, kwargs = self.fresh_inputs()
+                    explained = _dynamo.explain(candidate)(*args, **kwargs)
                 finally:
                     _dynamo.reset()
                 self.graph_breaks = explained.graph_break_count
@@ -654,14 +675,15 @@ class _Run:
                 return
             converted: nn.Module
             if probe == "export":
-                converted = torch.export.export(candidate, tuple(_fresh(self.inputs))).module()
+                args, kwargs = self.fresh_inputs()
+                converted = torch.export.export(candidate, tuple(args), kwargs).module()
             else:
                 converted = torch.jit.script(candidate)
             outputs = []
             for module in (candidate, converted):
                 self.seed_for(0)
                 with torch.no_grad():
-                    outputs.append(_flat(module(*_fresh(self.inputs)), "output"))
+                    outputs.append(_flat(self.call(module), "output"))
         except Exception as e:  # noqa: BLE001 - a failing candidate is a failing row
             self.add(name, passed=False, detail=_error_text(e))
             return
@@ -675,7 +697,7 @@ class _Run:
             return None
         reference.eval()
         candidate.eval()
-        inputs = _fresh(self.inputs)
+        args, kwargs = self.fresh_inputs()
         ratios: list[float] = []
         collecting = gc.isenabled()
         gc.disable()
@@ -686,7 +708,7 @@ class _Run:
                     for module in (reference, candidate):
                         start = time.perf_counter()
                         for _ in range(_TIMING_CALLS):
-                            module(*inputs)
+                            module(*args, **kwargs)
                         spent.append(time.perf_counter() - start)
                     if round_ >= _TIMING_WARMUP and spent[0] > 0:
                         ratios.append(spent[1] / spent[0])
@@ -808,24 +830,90 @@ def _compare_tensors(
 # -- helpers ---------------------------------------------------------------------------------------
 
 
-def _flatten(value: Any, path: str) -> Iterator[tuple[str, Any]]:
-    """(path, leaf) pairs of a nested output: tensors and other non-container values are leaves."""
+def _seed_everything(seed: int) -> None:
+    """Seed torch, Python's ``random`` and numpy (when installed): models draw from all three
+    (dropout; wav2vec2-style masks are drawn with numpy)."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        numpy.random.seed(seed % 2**32)
+
+
+@contextlib.contextmanager
+def _python_and_numpy_rng_restored() -> Iterator[None]:
+    """Within the block, Python's and numpy's global RNG may be reseeded; after it they are as
+    they were (torch's is restored by ``torch.random.fork_rng``)."""
+    state = random.getstate()
+    numpy = sys.modules.get("numpy")
+    numpy_state = numpy.random.get_state() if numpy is not None else None
+    try:
+        yield
+    finally:
+        random.setstate(state)
+        if numpy is not None and numpy_state is not None:
+            numpy.random.set_state(numpy_state)
+
+
+def _flatten(value: Any, path: str, seen: frozenset[int] = frozenset()) -> Iterator[tuple[str, Any]]:
+    """(path, leaf) pairs of a nested output: tensors and other non-container values are leaves.
+
+    Containers are mappings (``ModelOutput`` included), dataclasses, named tuples, tuples and
+    lists, types registered with torch's pytree, and other plain objects, whose attributes are
+    walked (a transformers ``DynamicCache``: its layers' key and value tensors). Modules, classes
+    and functions are leaves; an object met again inside itself is not walked twice.
+    """
     if isinstance(value, torch.Tensor):
         yield path, value
-    elif isinstance(value, Mapping):
+        return
+    if id(value) in seen:
+        yield path, f"<{type(value).__name__} seen above>"
+        return
+    inner = seen | {id(value)}
+    if isinstance(value, Mapping):
         for key, item in value.items():
-            yield from _flatten(item, f"{path}[{key!r}]")
+            yield from _flatten(item, f"{path}[{key!r}]", inner)
     elif dataclasses.is_dataclass(value) and not isinstance(value, type):
         for field in dataclasses.fields(value):
-            yield from _flatten(getattr(value, field.name), f"{path}.{field.name}")
+            yield from _flatten(getattr(value, field.name), f"{path}.{field.name}", inner)
     elif isinstance(value, tuple) and hasattr(value, "_fields"):
         for field, item in zip(value._fields, value):
-            yield from _flatten(item, f"{path}.{field}")
+            yield from _flatten(item, f"{path}.{field}", inner)
     elif isinstance(value, (tuple, list)):
         for index, item in enumerate(value):
-            yield from _flatten(item, f"{path}[{index}]")
+            yield from _flatten(item, f"{path}[{index}]", inner)
+    elif (children := _pytree_children(value)) is not None:
+        for key, item in children:
+            yield from _flatten(item, f"{path}{key}", inner)
+    elif _walkable(value):
+        for name, item in vars(value).items():
+            yield from _flatten(item, f"{path}.{name}", inner)
     else:
         yield path, value
+
+
+def _pytree_children(value: Any) -> list[tuple[str, Any]] | None:
+    """The children of a value of a type registered with torch's pytree, with their keys."""
+    from torch.utils import _pytree as pytree
+
+    node = pytree.SUPPORTED_NODES.get(type(value))
+    if node is None:
+        return None
+    if node.flatten_with_keys_fn is not None:
+        children, _ = node.flatten_with_keys_fn(value)
+        return [(pytree.keystr((key,)), child) for key, child in children]
+    children, _ = node.flatten_fn(value)
+    return [(f"[{index}]", child) for index, child in enumerate(children)]
+
+
+def _walkable(value: Any) -> bool:
+    """A plain object whose attributes make up its value: it compares by identity (no ``__eq__``
+    of its own) and is not a module, class or function."""
+    return (
+        hasattr(value, "__dict__")
+        and type(value).__eq__ is object.__eq__
+        and not isinstance(value, (nn.Module, type, types.FunctionType, types.MethodType, types.ModuleType))
+    )
 
 
 def _flat(value: Any, root: str) -> dict[str, Any]:
@@ -848,9 +936,9 @@ def _fresh(value: Any) -> Any:
     return copy.deepcopy(value)
 
 
-def _grads(module: nn.Module, inputs: Any) -> dict[str, Any]:
+def _grads(module: nn.Module, args: Any, kwargs: Any) -> dict[str, Any]:
     grads: dict[str, Any] = {name: p.grad for name, p in module.named_parameters()}
-    for path, leaf in _flatten(inputs, "inputs"):
+    for path, leaf in [*_flatten(args, "inputs"), *_flatten(kwargs, "kwargs")]:
         if isinstance(leaf, torch.Tensor) and leaf.requires_grad:
             grads[path] = leaf.grad
     return grads

@@ -1,4 +1,5 @@
-"""Test helpers: :func:`assert_parity` turns a parity report into a pytest-friendly assertion."""
+"""Test helpers: :func:`assert_parity` turns a parity report into a pytest-friendly assertion;
+:func:`assert_outputs_equal` compares two outputs of any structure, leaf by leaf."""
 
 from __future__ import annotations
 
@@ -6,9 +7,33 @@ from typing import Any
 
 from torch import nn
 
-from fxpass.parity import check
+from fxpass.parity import _compare, _flat, check
 
-__all__ = ["assert_parity"]
+__all__ = ["assert_outputs_equal", "assert_parity"]
+
+
+def assert_outputs_equal(reference: Any, candidate: Any, *, atol: float = 0.0, rtol: float = 0.0) -> None:
+    """Assert that two model outputs are equal leaf by leaf (bitwise unless a tolerance is given).
+
+    Outputs may nest in any way :func:`fxpass.parity.check` understands: tuples, lists, dicts,
+    dataclasses and ``ModelOutput``, pytree nodes, and the attributes of other objects (a
+    transformers ``DynamicCache``'s key and value tensors). Non-tensor leaves must be equal.
+
+    Raises:
+        AssertionError: a leaf differs or exists on one side only; the message names the first.
+
+    Example:
+        >>> import torch
+        >>> assert_outputs_equal({"a": torch.ones(2)}, {"a": torch.ones(2)})
+        >>> assert_outputs_equal({"a": torch.ones(2)}, {"a": torch.zeros(2)})
+        Traceback (most recent call last):
+        ...
+        AssertionError: output['a']: 2 of 2 elements differ, max abs diff 1
+    """
+    __tracebackhide__ = True
+    result = _compare(_flat(reference, "output"), _flat(candidate, "output"), float(atol), float(rtol))
+    if not result.passed:
+        raise AssertionError(result.detail)
 
 
 def assert_parity(model: nn.Module, example_inputs: Any, **kwargs: Any) -> None:
