@@ -11,13 +11,14 @@ from fxpass.errors import (
 from fxpass import parity, testing
 from fxpass.freeze import freeze
 from fxpass.parity import ExampleInputsError, ParityArgumentError, ParityReport, ParityRow
-from fxpass.record import CompileRecord, KeptCall, Rewrite, record_of
+from fxpass.record import CompileRecord, EagerModule, KeptCall, Rewrite, ScopeRecord, record_of, scope_record
 from fxpass.rewrite import compile, records
 from fxpass.tracer import ACTIVATIONS
 
 __all__ = [
     "ACTIVATIONS",
     "CompileRecord",
+    "EagerModule",
     "ExampleInputsError",
     "FreezeError",
     "FxpassError",
@@ -28,6 +29,7 @@ __all__ = [
     "ParityReport",
     "ParityRow",
     "Rewrite",
+    "ScopeRecord",
     "UnsupportedPatchError",
     "UntraceableModelError",
     "compile",
@@ -35,5 +37,6 @@ __all__ = [
     "parity",
     "record_of",
     "records",
+    "scope_record",
     "testing",
 ]

@@ -37,13 +37,31 @@ from typing import Any
 import torch.fx
 import torch.nn as nn
 
-__all__ = ["PICKLES_ATTRIBUTE_CODE", "DictWalkCodeGen", "attribute_chain", "dict_walk"]
+from fxpass.reading import standard_lookup
+
+__all__ = [
+    "ENTRY_ATTRIBUTE",
+    "PICKLES_ATTRIBUTE_CODE",
+    "DictWalkCodeGen",
+    "EntryGuardError",
+    "attribute_chain",
+    "dict_walk",
+]
 
 _MODULE_GETATTR = nn.Module.__getattr__
 
 #: A class attribute: true on GraphModule classes whose pickles carry torch.fx's own code (see
 #: :class:`fxpass.ops.CompiledGraphModule`); the code generator writes walks for those only.
 PICKLES_ATTRIBUTE_CODE = "pickles_attribute_code"
+
+#: An attribute of a compiled part: ``((argument, traced as None), ...)`` for the arguments whose
+#: ``None``-ness its graph was traced for. The generated forward first checks them and hands any
+#: other call to the module's eager forward (``self._fxpass_eager``).
+ENTRY_ATTRIBUTE = "_fxpass_entry"
+
+
+class EntryGuardError(RuntimeError):
+    """The generated code is not of the shape the argument guard needs (internal)."""
 _DICTIONARIES = ("_modules", "_parameters", "_buffers")
 
 
@@ -69,7 +87,7 @@ def _dictionary_of(owner: Any, step: str) -> str | None:
     cls = type(owner)
     if (
         not isinstance(owner, nn.Module)
-        or getattr(cls, "__getattr__", None) is not _MODULE_GETATTR
+        or not standard_lookup(cls)
         or cls.__getattribute__ is not object.__getattribute__
         or hasattr(cls, step)
         or step in owner.__dict__
@@ -168,6 +186,7 @@ class DictWalkCodeGen(torch.fx.graph.CodeGen):
             # torch.fx pass built around this graph, say) would pickle the walks, and re-tracing
             # them on load would turn every transform into a constant.
             return code
+        entry = root.__dict__.get(ENTRY_ATTRIBUTE)
         # Each get_attr or call_module is one line "    <name> = <chain>" followed by nothing, ";"
         # (the next statement) or "(" (the call). A line is rewritten only when it spells its
         # node's chain: a node whose name the code changed (to avoid a clash) keeps its line.
@@ -178,23 +197,28 @@ class DictWalkCodeGen(torch.fx.graph.CodeGen):
                 chain, walk = spellings(node.target)
                 if walk != chain:
                     rewrites[node.name] = (chain, node.target)
-        if not rewrites:
+        if not rewrites and not entry:
             return code
         lines = code.src.split("\n")
         guard = _tracing_guard(nodes, lines)
         if guard is None:
+            if entry:
+                raise EntryGuardError("the generated forward has no place for the argument guard")
             return code
         _rewrite_lines(lines, rewrites, spellings, namespace)
         # torch.fx tracing this forward (symbolic_trace of the compiled model, a model around
         # it, make_fx) must see attribute reads, or the transforms would run eagerly on the raw
         # tensors and be recorded as constants: the forward then runs torch.fx's own code.
         def_line, call = guard
-        lines.insert(def_line + 1, f"    if {_TRACE_STATE}._is_fx_tracing_flag: return {_DEFAULT}(self, {call})")
+        added = [f"    if {_TRACE_STATE}._is_fx_tracing_flag: return {_DEFAULT}(self, {call})"]
+        if entry:
+            added.append(f"    if {_entry_condition(entry)}: return self._fxpass_eager({call})")
+        lines[def_line + 1 : def_line + 1] = added
         code.src = "\n".join(lines)
         code.globals[_TRACE_STATE] = torch.fx._symbolic_trace
         code.globals[_DEFAULT] = _DefaultForward(graph)
-        if code._lineno_map is not None:  # (numbered from the def line: one more line before each)
-            code._lineno_map = {line + 1: node for line, node in code._lineno_map.items()}
+        if code._lineno_map is not None:  # (numbered from the def line: lines added before each)
+            code._lineno_map = {line + len(added): node for line, node in code._lineno_map.items()}
         return code
 
 
@@ -240,6 +264,19 @@ def _rewrite_lines(
                 bound[expression] = local
         statements.append(f"{name} = {relative(spellings(target)[1], dictionaries)}{rest[len(chain):]}")
         lines[index] = "    " + ";  ".join(statements)
+
+
+def _entry_condition(entry: tuple[tuple[str, bool], ...]) -> str:
+    """A condition true for the calls the graph was not traced for.
+
+    Example:
+        >>> _entry_condition((("x", False), ("mask", True)))
+        'x is None or mask is not None'
+    """
+    for name, _ in entry:
+        if not name.isidentifier():
+            raise EntryGuardError(f"cannot guard the argument {name!r}")
+    return " or ".join(f"{name} is not None" if none else f"{name} is None" for name, none in entry)
 
 
 _TRACE_STATE = "_fxpass_fx_trace_state"

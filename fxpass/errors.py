@@ -10,6 +10,7 @@ __all__ = [
     "FreezeError",
     "FxpassError",
     "InvalidModelError",
+    "KeptCallReadsError",
     "NotCompiledError",
     "UnsupportedPatchError",
     "UntraceableModelError",
@@ -17,7 +18,19 @@ __all__ = [
 
 
 class FxpassError(Exception):
-    """Base class of every error fxpass raises."""
+    """Base class of every error fxpass raises.
+
+    Attributes:
+        reason: for an error of tracing a module, why in a few words (module scope records it
+            for each module it runs eagerly); None otherwise.
+    """
+
+    reason: str | None = None
+
+    def because(self, reason: str) -> FxpassError:
+        """Set :attr:`reason`; return the error."""
+        self.reason = reason
+        return self
 
 
 class InvalidModelError(FxpassError, TypeError):
@@ -26,6 +39,13 @@ class InvalidModelError(FxpassError, TypeError):
 
 class UnsupportedPatchError(FxpassError, ValueError):
     """A module carries a class patch, or a use of one, that fxpass cannot reproduce exactly."""
+
+
+class KeptCallReadsError(UnsupportedPatchError):
+    """A module kept as a call reads a patched tensor other than once per call (model scope).
+
+    Module scope runs such a module eagerly instead, with exact reads.
+    """
 
 
 class UntraceableModelError(FxpassError, RuntimeError):

@@ -1,33 +1,25 @@
-"""``fxpass.freeze``: an eval-mode inference graph with every transform computed once."""
+"""``fxpass.freeze``: an eval-mode inference model with every transform computed once."""
 
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 import torch.fx
 import torch.nn as nn
 
-from fxpass.errors import FreezeError, InvalidModelError
-from fxpass.ops import CompiledGraphModule, call_with_overrides
-from fxpass.record import Rewrite, find_record, record_of
+from fxpass.errors import FreezeError, InvalidModelError, UntraceableModelError
+from fxpass.ops import INSTANCE_ATTRIBUTES, PRESERVED, CompiledGraphModule, call_with_overrides
+from fxpass.patches import join_path
+from fxpass.reading import PLAN, read_value, remove_eager_forward, undress
+from fxpass.record import RECORD_ATTRIBUTE, Rewrite, find_record, record_of, scope_record
 from fxpass.rewrite import compile
 
 __all__ = ["freeze"]
 
 #: Attribute of a frozen GraphModule listing the buffers that hold frozen transform outputs.
 FROZEN_ATTRIBUTE = "_fxpass_frozen"
-
-
-def _compiled_copy(model: nn.Module) -> torch.fx.GraphModule:
-    if not isinstance(model, nn.Module):
-        raise InvalidModelError(
-            f"fxpass.freeze expects an nn.Module, got {type(model).__name__}; pass the "
-            "runtime-patched model or its fxpass.compile result"
-        )
-    if find_record(model) is not None:
-        return copy.deepcopy(model)
-    return compile(copy.deepcopy(model))
 
 
 def _buffer_name(gm: nn.Module, rewrite: Rewrite) -> str:
@@ -38,7 +30,7 @@ def _buffer_name(gm: nn.Module, rewrite: Rewrite) -> str:
     return name
 
 
-def freeze(model: nn.Module) -> torch.fx.GraphModule:
+def freeze(model: nn.Module) -> nn.Module:
     """A snapshot for inference: every transform evaluated once and stored as a constant.
 
     ``freeze`` compiles the model (a deep copy: the input is never touched), switches it to eval
@@ -47,15 +39,22 @@ def freeze(model: nn.Module) -> torch.fx.GraphModule:
     or data-dependent (qsparse's) export with ``torch.export`` and ONNX; modules that were kept as
     calls become plain calls of modules holding the frozen tensors.
 
-    It is a snapshot: later training of ``model`` does not reach the frozen graph, and the frozen
-    graph is for eval-mode inference only (its output equals the runtime model's eval output,
+    A model that only ``scope="module"`` compiles (most transformers models), or a module-scope
+    compile, is frozen in place: each patched tensor is evaluated once and stored as a buffer
+    under its own name (``fc.weight`` holds the transformed weight), every compiled part reads it
+    there, and the rest of the model is the model's own code, with no patch left. It exports with
+    ``torch.export`` wherever the model itself does.
+
+    It is a snapshot: later training of ``model`` does not reach the frozen model, and the frozen
+    model is for eval-mode inference only (its output equals the runtime model's eval output,
     bitwise).
 
     Args:
-        model: a runtime-patched model, or a GraphModule from :func:`fxpass.compile`.
+        model: a runtime-patched model, or a model from :func:`fxpass.compile` (either scope).
 
     Returns:
-        An eval-mode GraphModule without transform nodes.
+        An eval-mode model without transforms: a GraphModule, or for module scope a copy of the
+        model of its own class.
 
     Raises:
         InvalidModelError: ``model`` is not an ``nn.Module``.
@@ -72,14 +71,32 @@ def freeze(model: nn.Module) -> torch.fx.GraphModule:
         >>> torch.equal(frozen(x), model(x))
         True
     """
-    gm = _compiled_copy(model).eval()
-    graph = gm.graph
-    nodes = {node.name: node for node in graph.nodes}
-    owner: dict[torch.fx.Node, Rewrite] = {}
-    for rewrite in record_of(gm).rewrites:
-        for name in rewrite.nodes:
-            owner[nodes[name]] = rewrite
+    if not isinstance(model, nn.Module):
+        raise InvalidModelError(
+            f"fxpass.freeze expects an nn.Module, got {type(model).__name__}; pass the "
+            "runtime-patched model or its fxpass.compile result"
+        )
+    if scope_record(model) is not None or _is_part(model):
+        return _freeze_in_place(copy.deepcopy(model))
+    if find_record(model) is not None:
+        return _freeze_graph(copy.deepcopy(model))
+    copied = copy.deepcopy(model)
+    try:
+        compiled = compile(copied)
+    except UntraceableModelError:
+        return _freeze_in_place(compile(copied, scope="module"))
+    return _freeze_graph(compiled)
 
+
+def _is_part(model: nn.Module) -> bool:
+    return isinstance(model, CompiledGraphModule) and type(model)._fxpass_base is not None
+
+
+def _freeze_graph(gm: torch.fx.GraphModule) -> CompiledGraphModule:
+    """Model scope: every transform node evaluated once, its output a ``frozen_*`` buffer."""
+    gm = gm.eval()
+    graph = gm.graph
+    owner = _transform_nodes(gm)
     interpreter = torch.fx.Interpreter(gm)
     frozen: list[str] = []
     with torch.no_grad():
@@ -104,10 +121,7 @@ def freeze(model: nn.Module) -> torch.fx.GraphModule:
                     node.replace_all_uses_with(constant, delete_user_cb=lambda u: u not in owner)
                     frozen.append(name)
     _unkeep_calls(gm)
-    for node in reversed(graph.nodes):
-        if not node.users and (node in owner or node.op == "get_attr"):
-            graph.erase_node(node)
-    graph.lint()
+    _erase_unused(graph, owner)
     # Only what the graph reads (as torch.fx keeps it), with fxpass's code and pickling.
     referenced = torch.fx.GraphModule(gm, graph)
     return CompiledGraphModule.build(
@@ -117,6 +131,20 @@ def freeze(model: nn.Module) -> torch.fx.GraphModule:
         training=False,
         preserved={FROZEN_ATTRIBUTE: tuple(frozen)},
     ).eval()  # (the containers torch.fx created for the referenced parts too)
+
+
+def _transform_nodes(gm: torch.fx.GraphModule) -> dict[torch.fx.Node, Rewrite]:
+    """Every node a transform emitted, with the rewrite it belongs to."""
+    nodes = {node.name: node for node in gm.graph.nodes}
+    return {nodes[name]: rewrite for rewrite in record_of(gm).rewrites for name in rewrite.nodes}
+
+
+def _erase_unused(graph: torch.fx.Graph, owner: dict[torch.fx.Node, Rewrite]) -> None:
+    """Erase the transform nodes and attribute reads nothing uses any more, then lint."""
+    for node in reversed(graph.nodes):
+        if not node.users and (node in owner or node.op == "get_attr"):
+            graph.erase_node(node)
+    graph.lint()
 
 
 def _unkeep_calls(gm: torch.fx.GraphModule) -> None:
@@ -145,3 +173,94 @@ def _unkeep_calls(gm: torch.fx.GraphModule) -> None:
 def _fetch(module: nn.Module, target: str) -> torch.Tensor:
     owner_path, _, name = target.rpartition(".")
     return getattr(module.get_submodule(owner_path), name)
+
+
+# -- module scope ----------------------------------------------------------------------------------
+
+
+def _freeze_in_place(model: nn.Module) -> nn.Module:
+    """Module scope: each patched tensor evaluated once and stored under its own name.
+
+    ``model`` is a copy this function owns. Every module holding a read plan gets its transformed
+    tensors as buffers in place of the raw ones (and loses its transforms); every compiled part
+    reads those buffers instead of its transform nodes; the eager modules lose their read hooks.
+    """
+    model.eval()
+    names = {id(m): name for name, m in model.named_modules()}
+    patched = [m for m in model.modules() if PLAN in m.__dict__]
+    values: list[tuple[nn.Module, dict[str, torch.Tensor]]] = []
+    with torch.no_grad():
+        for module in patched:
+            values.append((module, _frozen_values(module, names[id(module)])))
+    for module, frozen in values:
+        _store_frozen(module, frozen)
+    for module in model.modules():
+        if find_record(module) is not None:
+            _read_frozen(module)  # type: ignore[arg-type]
+        remove_eager_forward(module)
+    return model
+
+
+def _frozen_values(module: nn.Module, path: str) -> dict[str, torch.Tensor]:
+    frozen: dict[str, torch.Tensor] = {}
+    for attribute in module.__dict__[PLAN].attributes:
+        try:
+            value = read_value(module, attribute)
+        except AttributeError:
+            continue  # the module has no such tensor (an Embedding's bias)
+        except Exception as error:
+            raise FreezeError(
+                f"{path or 'the model'} ({type(module).__name__}): a transform failed while "
+                f"freezing its {attribute}: {type(error).__name__}: {error}"
+            ) from error
+        if value is not None:
+            frozen[attribute] = value.detach().clone()
+    return frozen
+
+
+def _store_frozen(module: nn.Module, frozen: dict[str, torch.Tensor]) -> None:
+    """Replace the raw tensors (and transforms) of ``module`` by its frozen tensors."""
+    plan = module.__dict__[PLAN]
+    undress(module)
+    namespace = module.__dict__
+    # (a compiled part re-applies its preserved instance attributes after copies and pickles)
+    kept = module.meta.get(PRESERVED, {}).get(INSTANCE_ATTRIBUTES, {}) if isinstance(module, CompiledGraphModule) else {}
+    kept.pop(PLAN, None)
+    parametrizations = namespace["_modules"].get("parametrizations")
+    for layer in plan.layers:
+        if layer.kind == "parametrize":
+            continue
+        for transform in layer.transforms:
+            namespace.pop(transform, None)
+            kept.pop(transform, None)
+            namespace["_modules"].pop(transform, None)
+    for attribute, tensor in frozen.items():
+        namespace["_parameters"].pop(attribute, None)
+        namespace["_buffers"].pop(attribute, None)
+        if parametrizations is not None and attribute in parametrizations._modules:
+            del parametrizations._modules[attribute]
+        module.register_buffer(attribute, tensor)
+    if parametrizations is not None and not parametrizations._modules:
+        del namespace["_modules"]["parametrizations"]
+
+
+def _read_frozen(part: CompiledGraphModule) -> None:
+    """Make a compiled part read the frozen buffers instead of computing its transforms."""
+    graph = part.graph
+    owner = _transform_nodes(part)
+    for node in list(graph.nodes):
+        rewrite = owner.get(node)
+        if rewrite is None or all(user in owner for user in node.users):
+            continue
+        with graph.inserting_before(node):
+            frozen = graph.get_attr(join_path(rewrite.module, rewrite.attribute))
+        node.replace_all_uses_with(frozen, delete_user_cb=lambda u: u not in owner)
+    _unkeep_calls(part)
+    _erase_unused(graph, owner)
+    preserved: dict[str, Any] = part.meta.get(PRESERVED, {})
+    preserved.pop(RECORD_ATTRIBUTE, None)
+    part.__dict__.pop(RECORD_ATTRIBUTE, None)
+    preserved[FROZEN_ATTRIBUTE] = part.__dict__[FROZEN_ATTRIBUTE] = tuple(
+        dict.fromkeys(join_path(r.module, r.attribute) for r in owner.values())
+    )
+    part.recompile()

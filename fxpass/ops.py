@@ -16,9 +16,18 @@ import torch
 import torch.fx
 import torch.nn as nn
 
-from fxpass.codegen import DictWalkCodeGen
+from fxpass import reading
+from fxpass.codegen import ENTRY_ATTRIBUTE, DictWalkCodeGen
 
-__all__ = ["ByValue", "CompiledGraphModule", "LoadTracer", "Opaque", "call_with_overrides"]
+__all__ = [
+    "ByValue",
+    "CompiledGraphModule",
+    "LoadTracer",
+    "Opaque",
+    "call_with_overrides",
+    "part_class",
+    "picklable_by_reference",
+]
 
 _MISSING = object()
 
@@ -91,7 +100,8 @@ def call_with_overrides(
                 namespace[attribute] = previous
 
 
-def _picklable_by_reference(fn: Callable) -> bool:
+def picklable_by_reference(fn: Callable) -> bool:
+    """Whether plain pickle saves ``fn`` (by its import path)."""
     try:
         pickle.dumps(fn)
     except Exception:  # noqa: BLE001 - any failure means "not by reference"
@@ -156,7 +166,7 @@ class Opaque(nn.Module):
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        if not _picklable_by_reference(self.fn):
+        if not picklable_by_reference(self.fn):
             state = dict(state, fn=None, _fn_by_value=cloudpickle.dumps(self.fn))
         return state
 
@@ -194,8 +204,20 @@ class LoadTracer(torch.fx.Tracer):
 # torch.fx's key (in GraphModule.meta) of the attributes that deepcopy sets on the copy.
 PRESERVED = getattr(torch.fx.graph_module, "_USER_PRESERVED_ATTRIBUTES_KEY", "_user_preserved_attributes")
 
+class Preserved(dict):
+    """What a compiled model keeps through copies and pickles (in ``meta[PRESERVED]``).
+
+    A dict subclass, so that torch's pytree treats it as a leaf: ``torch.export`` snapshots the
+    plain containers among a module's attributes with ``pytree.tree_map`` while the tensors are
+    fake, and writes the copies back afterwards; a plain dict here would come back holding the
+    fake tensors, and the next deepcopy or pickle would restore them.
+    """
+
+
 #: The attributes that hold a module's tree.
 TREE_ATTRIBUTES = ("_parameters", "_buffers", "_non_persistent_buffers_set", "_modules")
+#: The preserved entry holding instance attributes set as they are (see CompiledGraphModule.preserve).
+INSTANCE_ATTRIBUTES = "_fxpass_attributes"
 
 
 class CompiledGraphModule(torch.fx.GraphModule):
@@ -211,6 +233,8 @@ class CompiledGraphModule(torch.fx.GraphModule):
     """
 
     pickles_attribute_code = True  # see fxpass.codegen.PICKLES_ATTRIBUTE_CODE
+    #: On the class of a compiled part (:func:`part_class`): the class of the module it replaces.
+    _fxpass_base: type | None = None
 
     @classmethod
     def build(
@@ -222,6 +246,7 @@ class CompiledGraphModule(torch.fx.GraphModule):
         training: bool,
         preserved: dict[str, Any] | None = None,
         codegen: torch.fx.graph.CodeGen | None = None,
+        base: type | None = None,
     ) -> CompiledGraphModule:
         """A GraphModule holding ``tree``'s containers (not copies of its referenced parts).
 
@@ -233,11 +258,14 @@ class CompiledGraphModule(torch.fx.GraphModule):
             preserved: more attributes to keep through copies and pickles (see :meth:`preserve`).
             codegen: the code generator (default: :class:`fxpass.codegen.DictWalkCodeGen` for a
                 graph with torch.fx's plain generator; a pytree one, from ``concrete_args``, stays).
+            base: for a compiled part, the class of the module it stands in for: the result is
+                then an instance of :func:`part_class` of it.
 
         Root-level attributes of ``tree`` that the graph reads and that are not part of the tree
         (tensor constants) are set on the result too, and kept like ``preserved``.
         """
-        gm = cls(nn.Module(), torch.fx.Graph(), class_name=class_name)
+        klass = part_class(base) if base is not None else cls
+        gm = klass(nn.Module(), torch.fx.Graph(), class_name=class_name)
         gm.__dict__.update(
             _parameters=dict(tree._parameters),
             _buffers=dict(tree._buffers),
@@ -255,11 +283,34 @@ class CompiledGraphModule(torch.fx.GraphModule):
         return gm
 
     def preserve(self, **attributes: Any) -> None:
-        """Keep the current tree containers, and ``attributes``, through copies and pickles."""
+        """Keep the current tree containers, and ``attributes``, through copies and pickles.
+
+        ``attributes[INSTANCE_ATTRIBUTES]``, a dict, is applied to the instance ``__dict__`` as it
+        is: the plain attributes and hooks of the module a compiled part replaces (nn.Module's
+        ``setattr`` would register a module-valued attribute as a child).
+        """
         tree = {name: self.__dict__[name] for name in TREE_ATTRIBUTES}
-        self.meta[PRESERVED] = {**tree, **attributes}
+        self.meta[PRESERVED] = Preserved({**tree, **attributes})
         for name, value in attributes.items():
             setattr(self, name, value)
+        self._apply_instance_attributes()
+
+    def _apply_instance_attributes(self) -> None:
+        self.__dict__.update(self.meta.get(PRESERVED, {}).get(INSTANCE_ATTRIBUTES, {}))
+
+    def _fxpass_eager(self, *args: Any, **kwargs: Any) -> Any:
+        """The replaced module's own forward, run eagerly, its patched reads evaluated as at run
+        time (:mod:`fxpass.reading`).
+
+        A compiled part's generated code calls it for arguments its graph was not traced for: an
+        optional argument given where it was traced as ``None``, or ``None`` where it was traced
+        as a value (see ``CompileRecord.specialized``).
+        """
+        base = type(self)._fxpass_base
+        if base is None:
+            raise RuntimeError(f"{type(self).__name__} is not a compiled part: it has no eager forward")
+        with reading.eager_reads():
+            return base.forward(self, *args, **kwargs)
 
     def __reduce__(self) -> tuple[Any, ...]:
         # torch.fx re-traces the pickled code on load: it must read attributes, so that each read
@@ -268,7 +319,8 @@ class CompiledGraphModule(torch.fx.GraphModule):
         with _default_code(self):
             rebuild, args = super().__reduce__()
         preserved = self.meta.get(PRESERVED, {})
-        return (_rebuild_compiled, (rebuild, args, preserved, type(self).__name__))
+        base = _ClassByValue.wrap(type(self)._fxpass_base)
+        return (_rebuild_compiled, (rebuild, args, preserved, type(self).__name__, base))
 
     def __reduce_package__(self, exporter: Any) -> tuple[Any, ...]:
         # torch.package saves the generated code too, and re-traces it on import.
@@ -277,6 +329,7 @@ class CompiledGraphModule(torch.fx.GraphModule):
 
     def __deepcopy__(self, memo: dict[int, Any]) -> CompiledGraphModule:
         copied = super().__deepcopy__(memo)
+        copied._apply_instance_attributes()
         # torch.fx generated the copy's code before restoring the preserved tree and attributes
         # (a tensor constant was then a buffer of the copy): generate it for the final tree.
         copied.recompile()
@@ -285,6 +338,9 @@ class CompiledGraphModule(torch.fx.GraphModule):
     def __prepare_scriptable__(self) -> CompiledGraphModule:
         """What ``torch.jit.script`` compiles: a twin with torch.fx's code, sharing everything."""
         extras = {k: v for k, v in self.meta.get(PRESERVED, {}).items() if k not in TREE_ATTRIBUTES}
+        # (TorchScript cannot call an eager forward, nor the Python hooks of a replaced module)
+        extras.pop(ENTRY_ATTRIBUTE, None)
+        extras.pop(INSTANCE_ATTRIBUTES, None)
         return CompiledGraphModule.build(
             self,
             copy.deepcopy(self.graph),
@@ -328,21 +384,87 @@ def _default_code(gm: torch.fx.GraphModule) -> Iterator[None]:
         gm.recompile()
 
 
+def _module_init(self: nn.Module, *args: Any, **kwargs: Any) -> None:
+    nn.Module.__init__(self)
+
+
+_PART_CLASSES: dict[type, type] = {}
+
+
+def part_class(base: type) -> type:
+    """The class of a compiled part standing in for a module of class ``base``.
+
+    A :class:`CompiledGraphModule` that is also a ``base``: ``isinstance`` answers as for the
+    module it replaced (code that selects modules by class, weight init, adapters and wrapping
+    policies find it), ``base``'s own methods apply to it, and GraphModule's come first. Between
+    GraphModule and ``base`` sits a class whose ``__init__`` is ``nn.Module``'s, since GraphModule
+    initialises its base without arguments. Made once per ``base``; a pickle names ``base`` and is
+    rebuilt through this function.
+
+    Raises:
+        TypeError: Python cannot derive such a class from ``base`` (a metaclass or layout conflict).
+
+    Example:
+        >>> import torch.nn as nn
+        >>> cls = part_class(nn.Linear)
+        >>> issubclass(cls, nn.Linear), issubclass(cls, CompiledGraphModule), cls.__name__
+        (True, True, 'Linear')
+    """
+    found = _PART_CLASSES.get(base)
+    if found is None:
+        if not (isinstance(base, type) and issubclass(base, nn.Module)) or issubclass(base, torch.fx.GraphModule):
+            raise TypeError(f"a compiled part cannot stand in for {base!r}")
+        names = {"__module__": __name__, "__qualname__": base.__qualname__}
+        shim = type(base.__name__, (base,), {"__init__": _module_init, **names})
+        found = type(
+            base.__name__,
+            (CompiledGraphModule, shim),
+            # a patched module compiled alone is read by eager code as at run time (fxpass.reading)
+            {"_fxpass_base": base, "__getattr__": reading.reading_getattr, "_fxpass_getattr_from": shim, **names},
+        )
+        _PART_CLASSES[base] = found
+    return found
+
+
+class _ClassByValue:
+    """A class pickled by value (cloudpickle) where plain pickle cannot find it by name (a class
+    defined in a function)."""
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+
+    @staticmethod
+    def wrap(cls: type | None) -> type | _ClassByValue | None:
+        if cls is None or picklable_by_reference(cls):
+            return cls
+        return _ClassByValue(cloudpickle.dumps(cls))
+
+    @staticmethod
+    def unwrap(value: type | _ClassByValue | None) -> type | None:
+        return pickle.loads(value.payload) if isinstance(value, _ClassByValue) else value
+
+
 def _rebuild_compiled(
-    rebuild: Callable[..., Any], args: tuple, preserved: dict[str, Any], class_name: str = "GraphModule"
+    rebuild: Callable[..., Any],
+    args: tuple,
+    preserved: dict[str, Any],
+    class_name: str = "GraphModule",
+    base: type | _ClassByValue | None = None,
 ) -> nn.Module:
     gm = rebuild(*args)
     # One class per instance, as GraphModule makes them: torch.fx recognises those by their
     # qualified name; the name is the model's, as when it was compiled.
-    cls = type("GraphModuleImpl", (CompiledGraphModule,), {})
+    base = _ClassByValue.unwrap(base)
+    cls = type("GraphModuleImpl", (part_class(base) if base is not None else CompiledGraphModule,), {})
     cls.__name__ = class_name
     gm.__class__ = cls
-    gm.meta[PRESERVED] = preserved
+    gm.meta[PRESERVED] = preserved = Preserved(preserved)
     for name, value in preserved.items():
         if name in TREE_ATTRIBUTES:
             gm.__dict__[name] = value
         else:
             setattr(gm, name, value)
+    gm._apply_instance_attributes()
     gm.graph.set_codegen(_fast_codegen(gm.graph))
     gm.recompile()  # the generated forward lives on the (new) class, and reads the final tree
     return gm

@@ -6,17 +6,29 @@ import dataclasses
 from typing import Literal
 
 import tabulate
+import torch
 import torch.fx
 
 from fxpass.errors import NotCompiledError
 
-__all__ = ["CompileRecord", "KeptCall", "Rewrite", "find_record", "record_of"]
+__all__ = [
+    "CompileRecord",
+    "EagerModule",
+    "KeptCall",
+    "Rewrite",
+    "ScopeRecord",
+    "find_record",
+    "record_of",
+    "scope_record",
+]
 
 How = Literal["inlined", "module", "opaque"]
 
 #: Attribute of a compiled GraphModule that holds its record. (Not ``GraphModule.meta``: torch.fx
 #: drops ``meta`` when it rebuilds an unpickled GraphModule, but keeps other attributes.)
 RECORD_ATTRIBUTE = "_fxpass_record"
+#: Attribute of the root of a module-scope compile that holds its :class:`ScopeRecord`.
+SCOPE_ATTRIBUTE = "_fxpass_scope"
 
 
 def find_record(module: object) -> CompileRecord | None:
@@ -73,12 +85,17 @@ class CompileRecord:
         kept_calls: modules whose forward stays a call at run time.
         inlined_activations: unpatched activation modules traced into functional calls
             (``compile(..., inline_activations=True)``).
+        specialized: arguments of the forward traced as ``None`` (a compiled part of a
+            module-scope compile traces its arguments that default to ``None`` that way); a call
+            that passes one of them, or passes ``None`` for another argument, runs the module's
+            own forward eagerly instead of the graph.
     """
 
     patched_modules: tuple[str, ...]
     rewrites: tuple[Rewrite, ...]
     kept_calls: tuple[KeptCall, ...]
     inlined_activations: tuple[str, ...] = ()
+    specialized: tuple[str, ...] = ()
 
     def counts(self) -> dict[str, int]:
         """Number of rewrites by how they were emitted."""
@@ -124,3 +141,61 @@ def record_of(gm: torch.fx.GraphModule) -> CompileRecord:
             "fxpass.compile; compile the model first"
         )
     return record
+
+
+@dataclasses.dataclass(frozen=True)
+class EagerModule:
+    """A module of a module-scope compile that runs as the model's own code, not as a graph.
+
+    Attributes:
+        module: its path.
+        reason: why it is not a compiled part (the error compiling it raised).
+        patched: whether it carries a class patch itself; its reads (and those of every patched
+            module below it) are then evaluated as at run time while it runs.
+    """
+
+    module: str
+    reason: str
+    patched: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class ScopeRecord:
+    """What a module-scope compile made of the model.
+
+    Attributes:
+        parts: paths of the compiled parts (each a GraphModule with its own
+            :class:`CompileRecord`), in model order.
+        eager: the modules holding patched modules that run eagerly, in model order.
+    """
+
+    parts: tuple[str, ...]
+    eager: tuple[EagerModule, ...]
+
+    def table(self, fmt: str = "simple") -> str:
+        """The eager modules as a table (any ``tabulate`` format), after a line counting the parts."""
+        rows = [(e.module or "<model>", "yes" if e.patched else "", e.reason) for e in self.eager]
+        text = f"{len(self.parts)} compiled part(s), {len(self.eager)} eager module(s)"
+        if rows:
+            text += "\n\n" + tabulate.tabulate(rows, headers=("eager module", "patched", "why"), tablefmt=fmt)
+        return text
+
+
+def scope_record(model: object) -> ScopeRecord | None:
+    """The :class:`ScopeRecord` of a module-scope compile, or None for any other object.
+
+    Example:
+        >>> import torch, torch.nn as nn, fxpass
+        >>> from imitation_runtime import imitate
+        >>> class Branch(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.fc = imitate(nn.Linear(2, 2), "halve", lambda w: w / 2)
+        ...     def forward(self, x):
+        ...         return self.fc(x) if x.sum() > 0 else x
+        >>> record = fxpass.scope_record(fxpass.compile(Branch(), scope="module"))
+        >>> record.parts, [e.module or "<model>" for e in record.eager]
+        (('fc',), ['<model>'])
+    """
+    found = getattr(model, SCOPE_ATTRIBUTE, None) if isinstance(model, torch.nn.Module) else None
+    return found if isinstance(found, ScopeRecord) else None

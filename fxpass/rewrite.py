@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from typing import Any, Literal
 
 import torch.fx
 import torch.nn as nn
 
-from fxpass.errors import InvalidModelError, UntraceableModelError
-from fxpass.ops import CompiledGraphModule, LoadTracer
+from fxpass.codegen import ENTRY_ATTRIBUTE, EntryGuardError
+from fxpass.errors import InvalidModelError, KeptCallReadsError, UntraceableModelError
+from fxpass.ops import INSTANCE_ATTRIBUTES, TREE_ATTRIBUTES, CompiledGraphModule, LoadTracer
 from fxpass.patches import find_patch_stack, join_path
-from fxpass.record import RECORD_ATTRIBUTE, CompileRecord, find_record
-from fxpass.shells import build_shells, copy_module, has_patch, is_default_leaf
+from fxpass.reading import install_eager_forward
+from fxpass.record import (
+    RECORD_ATTRIBUTE,
+    SCOPE_ATTRIBUTE,
+    CompileRecord,
+    EagerModule,
+    ScopeRecord,
+    find_record,
+)
+from fxpass.shells import build_shells, has_patch, remap_references, shell_of
 from fxpass.tracer import PatchTracer
 
 __all__ = ["compile", "records"]
@@ -84,68 +95,185 @@ def compile(  # noqa: A001 - the library's verb, like torch.compile
     if scope == "module":
         if concrete_args is not None:
             raise InvalidModelError("concrete_args applies to scope='model' only")
-        return _compile_modules(model, "", {}, inline_activations)
+        return _ModuleScope(inline_activations).compile(model)
     if scope != "model":
         raise InvalidModelError(f"scope must be 'model' or 'module', got {scope!r}")
     return _compile_model(model, concrete_args, inline_activations)
 
 
 def _compile_model(
-    model: nn.Module, concrete_args: dict[str, Any] | None, inline_activations: bool = False
-) -> torch.fx.GraphModule:
-    tree = build_shells(model)
+    model: nn.Module,
+    concrete_args: dict[str, Any] | None,
+    inline_activations: bool = False,
+    *,
+    part: _Part | None = None,
+) -> CompiledGraphModule:
+    tree = build_shells(model, keep_transforms=part is not None)
     tracer = PatchTracer(tree, inline_activations=inline_activations)
+    if part is not None and part.specialized:
+        concrete_args = dict.fromkeys(part.specialized)
     graph = tracer.trace_tree(concrete_args)
     # A pickled GraphModule is re-traced on load with a subclass of the tracer recorded here;
     # ours needs the shell tree, so name one that only looks tensors up fast.
     graph._tracer_cls = LoadTracer
     graph._tracer_extras = None
-    gm = CompiledGraphModule.build(
-        tree.root,
-        graph,
-        class_name=type(model).__name__,
-        training=model.training,
-        preserved={
-            RECORD_ATTRIBUTE: CompileRecord(
-                patched_modules=tuple(p.path for p in tree.patched.values()),
-                rewrites=tuple(tracer.rewrites),
-                kept_calls=tuple(tracer.kept),
-                inlined_activations=tuple(tracer.inlined),
-            )
-        },
+    record = CompileRecord(
+        patched_modules=tuple(p.path for p in tree.patched.values()),
+        rewrites=tuple(tracer.rewrites),
+        kept_calls=tuple(tracer.kept),
+        inlined_activations=tuple(tracer.inlined),
+        specialized=part.specialized if part is not None else (),
     )
+    preserved: dict[str, Any] = {RECORD_ATTRIBUTE: record}
+    if part is None:
+        return CompiledGraphModule.build(
+            tree.root, graph, class_name=type(model).__name__, training=model.training, preserved=preserved
+        )
+    preserved[ENTRY_ATTRIBUTE] = _entry(graph, part.specialized)
+    preserved[INSTANCE_ATTRIBUTES] = _instance_attributes(tree.root)
+    try:
+        gm = CompiledGraphModule.build(
+            tree.root, graph, class_name=part.base.__name__, training=model.training,
+            preserved=preserved, base=part.base,
+        )  # fmt: skip
+    except (TypeError, EntryGuardError) as error:  # no part class, or no place for the guard
+        raise UntraceableModelError(f"cannot stand in for {part.base.__name__}: {error}") from error
+    part.copies.update(tree.copies)
+    part.copies[id(tree.root)] = part.copies[id(model)] = gm
     return gm
 
 
-def _compile_modules(
-    module: nn.Module, path: str, memo: dict[int, nn.Module], inline_activations: bool
-) -> nn.Module:
-    """Module scope: compile the largest traceable subtrees that hold patched modules."""
-    key = id(module)
-    if key in memo:
-        return memo[key]
-    if not has_patch(module):
-        memo[key] = module
-        return module
+# -- module scope ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Part:
+    """How to compile one module as a part of a module-scope compile."""
+
+    base: type  # the class of the module it replaces
+    specialized: tuple[str, ...]  # arguments traced as None
+    copies: dict[int, nn.Module]  # filled in: id(module of the input) -> its copy in the part
+
+
+def _none_defaults(cls: type) -> tuple[str, ...]:
+    """The arguments of ``cls.forward`` that default to None."""
     try:
-        result: nn.Module = _compile_model(module, None, inline_activations)
-    except UntraceableModelError as error:
-        where = f"{path} ({type(module).__name__})" if path else f"the model ({type(module).__name__})"
-        # A torch.nn module with a forward (MultiheadAttention) may read its children's tensors
-        # itself: compiling the children alone would hand it raw tensors.
-        reads_children = is_default_leaf(type(module)) and not isinstance(module, _CONTAINERS)
-        if not module._modules or reads_children or find_patch_stack(module):
-            raise UntraceableModelError(
-                f"{where} holds patched tensors but cannot be compiled on its own ({error}); "
-                "wrap it in a module whose forward torch.fx can trace"
-            ) from error
-        result = copy_module(module)
-        children = result._modules
+        parameters = inspect.signature(cls.forward).parameters.values()
+    except (TypeError, ValueError):
+        return ()
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return tuple(p.name for p in parameters if p.kind in kinds and p.default is None)
+
+
+def _entry(graph: torch.fx.Graph, specialized: tuple[str, ...]) -> tuple[tuple[str, bool], ...]:
+    """Name the placeholders torch.fx traced as None as their arguments again, drop torch.fx's
+    assertions on them (the entry guard checks them), and say what the guard checks."""
+    assert_is_none = getattr(torch.fx._symbolic_trace, "_assert_is_none", None)
+    entry: list[tuple[str, bool]] = []
+    for node in list(graph.nodes):
+        if node.op != "placeholder" or str(node.target).startswith("*"):
+            continue
+        name = str(node.target)
+        traced_as_none = name.endswith("_1") and name[:-2] in specialized
+        if traced_as_none:
+            node.target = name = name[:-2]
+            for user in list(node.users):
+                if user.op == "call_function" and user.target is assert_is_none:
+                    graph.erase_node(user)
+        entry.append((name, traced_as_none))
+    return tuple(entry)
+
+
+def _instance_attributes(shell: nn.Module) -> dict[str, Any]:
+    """What a compiled part keeps of the module it replaces: every instance attribute but its
+    tree and mode (its plain attributes, hooks, transforms and read plan)."""
+    return {
+        name: value
+        for name, value in shell.__dict__.items()
+        if name not in TREE_ATTRIBUTES and name not in _GRAPH_MODULE_ATTRIBUTES and name != "training"
+    }
+
+
+# The instance attributes a GraphModule sets beyond nn.Module's own.
+_GRAPH_MODULE_ATTRIBUTES = frozenset(
+    set(torch.fx.GraphModule(nn.Module(), torch.fx.Graph()).__dict__) - set(nn.Module().__dict__)
+) | {"meta", "_graph", "_code", "_lineno_map", "_prologue_start"}
+
+
+def _reason(error: Exception) -> str:
+    """Why a module is not a compiled part, in a few words."""
+    return getattr(error, "reason", None) or str(error)
+
+
+class _ModuleScope:
+    """One module-scope compile: the largest traceable subtrees holding patched modules become
+    compiled parts; the modules around them are copied and run eagerly, reading patched tensors
+    as the runtime does (:mod:`fxpass.reading`)."""
+
+    def __init__(self, inline_activations: bool) -> None:
+        self.inline_activations = inline_activations
+        self.memo: dict[int, nn.Module] = {}
+        self.copies: dict[int, nn.Module] = {}
+        self.parts: list[str] = []
+        self.eager: list[EagerModule] = []
+        self.called: list[nn.Module] = []  # the eager copies, which get an EagerForward
+
+    def compile(self, model: nn.Module) -> nn.Module:
+        result = self.visit(model, "")
+        # (only the copies: modules shared with the input are the input's own)
+        copied = {id(copy) for key, copy in self.copies.items() if key != id(copy)}
+        remap_references((m for m in result.modules() if id(m) in copied), self.copies)
+        for module in self.called:
+            install_eager_forward(module)
+        if result is not model and not isinstance(result, torch.fx.GraphModule):
+            result.__dict__[SCOPE_ATTRIBUTE] = ScopeRecord(tuple(self.parts), tuple(self.eager))
+        return result
+
+    def visit(self, module: nn.Module, path: str) -> nn.Module:
+        key = id(module)
+        if key in self.memo:
+            return self.memo[key]
+        if not has_patch(module):
+            self.memo[key] = module
+            return module
+        stack = find_patch_stack(module, path)
+        base = stack.base if stack is not None else type(module)
+        try:
+            result: nn.Module = self.part(module, base)
+        except (UntraceableModelError, KeptCallReadsError) as error:
+            result = self.eager_copy(module, path, stack, error)
+        else:
+            self.parts.append(path)
+        self.memo[key] = result
+        return result
+
+    def part(self, module: nn.Module, base: type) -> CompiledGraphModule:
+        specialized = _none_defaults(base)
+        attempts = (specialized, ()) if specialized else ((),)
+        for index, names in enumerate(attempts):
+            part = _Part(base, names, {})
+            try:
+                gm = _compile_model(module, None, self.inline_activations, part=part)
+            except UntraceableModelError:
+                if index == len(attempts) - 1:
+                    raise
+                continue
+            self.copies.update(part.copies)
+            return gm
+        raise AssertionError("unreachable")
+
+    def eager_copy(self, module: nn.Module, path: str, stack: Any, error: Exception) -> nn.Module:
+        copied = shell_of(module, stack, path, keep_transforms=True)[0]
+        if not isinstance(copied, _CONTAINERS):
+            self.eager.append(EagerModule(path, _reason(error), stack is not None))
+        self.memo[id(module)] = self.copies[id(module)] = copied
+        children = copied._modules
         for name, child in children.items():
-            if child is not None:
-                children[name] = _compile_modules(child, join_path(path, name), memo, inline_activations)
-    memo[key] = result
-    return result
+            if child is not None and not (stack is not None and name in stack.transform_attributes()):
+                children[name] = self.visit(child, join_path(path, name))
+        if not isinstance(copied, _CONTAINERS):  # (containers are never called)
+            self.called.append(copied)
+        return copied
 
 
 def records(model: nn.Module) -> dict[str, CompileRecord]:

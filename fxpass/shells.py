@@ -13,17 +13,27 @@ from __future__ import annotations
 import dataclasses
 import types
 from collections import OrderedDict
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch.nn as nn
 from torch.nn.modules.module import _WrappedHook
 
-from fxpass.ops import ByValue
-
 from fxpass.errors import UnsupportedPatchError
+from fxpass.ops import ByValue, picklable_by_reference
 from fxpass.patches import PatchStack, find_patch_stack, join_path
+from fxpass.reading import PLAN, ReadLayer, ReadPlan, class_defined, reading_class
 
-__all__ = ["Patched", "ShellTree", "build_shells", "copy_module", "has_patch", "is_default_leaf"]
+__all__ = [
+    "Patched",
+    "ShellTree",
+    "build_shells",
+    "copy_module",
+    "has_patch",
+    "is_default_leaf",
+    "read_plan",
+    "remap_references",
+    "shell_of",
+]
 
 
 @dataclasses.dataclass
@@ -62,12 +72,14 @@ class ShellTree:
         shells: id -> shell, for every copied module.
         patched: id(shell) -> description, for every patched module, in model order.
         paths: id(shell) -> first path, for every copied module.
+        copies: id(module of the model) -> its copy (or the module itself where it is shared).
     """
 
     root: nn.Module
     shells: dict[int, nn.Module]
     patched: dict[int, Patched]
     paths: dict[int, str]
+    copies: dict[int, nn.Module] = dataclasses.field(default_factory=dict)
 
 
 def is_default_leaf(cls: type) -> bool:
@@ -86,19 +98,61 @@ def _local(fn: Any) -> bool:
     return isinstance(fn, types.FunctionType) and "<locals>" in fn.__qualname__
 
 
-def _rebind_hooks(shell: nn.Module, namespace: dict[str, Any]) -> None:
-    """Point hooks that receive their module at the shell, and make local hook functions
-    pickleable, so the compiled model pickles wherever the runtime one needed only state_dict."""
-    for name, hooks in namespace.items():
-        # (most modules hold no hook: an empty container is skipped before its name is looked at)
-        if not (isinstance(hooks, dict) and hooks and name.endswith("_hooks")):
-            continue
+def _hook_containers(namespace: dict[str, Any]) -> Iterable[dict[Any, Any]]:
+    # (most modules hold no hook: an empty container is skipped before its name is looked at)
+    return (v for k, v in namespace.items() if isinstance(v, dict) and v and k.endswith("_hooks"))
+
+
+def _rebind_hooks(shell: nn.Module, namespace: dict[str, Any], module: nn.Module) -> None:
+    """Point hooks that receive their module, or are bound methods of it, at the shell, and make
+    local hook functions pickleable, so the compiled model pickles wherever the runtime one needed
+    only state_dict."""
+    for hooks in _hook_containers(namespace):
         for key, hook in hooks.items():
             if isinstance(hook, _WrappedHook):
-                fn = ByValue(hook.hook) if _local(hook.hook) else hook.hook
+                fn = _remap_function(hook.hook, {id(module): shell})
+                fn = ByValue(fn) if _local(fn) else fn
                 hooks[key] = _WrappedHook(fn, shell if hook.with_module else None)
             elif _local(hook):
                 hooks[key] = ByValue(hook)
+            else:
+                hooks[key] = _remap_function(hook, {id(module): shell})
+
+
+def _remap_function(fn: Any, copies: dict[int, nn.Module]) -> Any:
+    """``fn``, or the same method bound to the copy of the module it is bound to."""
+    owner = getattr(fn, "__self__", None)
+    if isinstance(fn, types.MethodType) and isinstance(owner, nn.Module):
+        copied = copies.get(id(owner))
+        if copied is not None and copied is not owner:
+            return types.MethodType(fn.__func__, copied)
+    return fn
+
+
+def remap_references(modules: Iterable[nn.Module], copies: dict[int, nn.Module]) -> None:
+    """Point what ``modules`` hold of the input model at its copies: hooks bound to a module of
+    the input (a bound method, or a hook called with its module) and modules kept as plain
+    attributes. Without it the compiled model would reach into the patched input (its pickle
+    would drag it along, and its hooks would run on the input)."""
+    for module in modules:
+        namespace = module.__dict__
+        for hooks in _hook_containers(namespace):
+            for key, hook in hooks.items():
+                if isinstance(hook, _WrappedHook):
+                    fn = _remap_function(hook.hook, copies)
+                    target = hook.module() if hook.with_module else None
+                    target = copies.get(id(target), target) if target is not None else None
+                    if fn is not hook.hook or (target is not None and target is not hook.module()):
+                        hooks[key] = _WrappedHook(fn, target)
+                else:
+                    hooks[key] = _remap_function(hook, copies)
+        for name, value in namespace.items():
+            if isinstance(value, nn.Module):
+                copied = copies.get(id(value))
+                if copied is not None and copied is not value:
+                    namespace[name] = copied
+            elif isinstance(value, types.MethodType):  # say, a forward set on the instance
+                namespace[name] = _remap_function(value, copies)
 
 
 def copy_module(module: nn.Module, cls: type | None = None) -> nn.Module:
@@ -107,9 +161,52 @@ def copy_module(module: nn.Module, cls: type | None = None) -> nn.Module:
     cls = cls or type(module)
     copied = cls.__new__(cls)
     namespace = {k: v.copy() if type(v) in _CONTAINER_TYPES else v for k, v in module.__dict__.items()}
-    _rebind_hooks(copied, namespace)
+    _rebind_hooks(copied, namespace, module)
     copied.__dict__.update(namespace)
     return copied
+
+
+def read_plan(stack: PatchStack) -> ReadPlan:
+    """The :class:`~fxpass.reading.ReadPlan` of a module with these patches."""
+    layers = tuple(
+        ReadLayer(layer.kind, layer.attributes, tuple(layer.transform_attribute(a) for a in layer.attributes))
+        for layer in stack.layers
+    )
+    return ReadPlan(layers, stack.attributes)
+
+
+def shell_of(
+    module: nn.Module, stack: PatchStack | None, path: str, *, keep_transforms: bool = False
+) -> tuple[nn.Module, dict[str, Callable[..., Any]]]:
+    """The unpatched copy of ``module`` and its transforms (attribute name -> function or module).
+
+    The transform functions leave the copy, since the graph computes them; with
+    ``keep_transforms`` they stay (wrapped to pickle by value where plain pickle cannot save
+    them) with the patches' :class:`~fxpass.reading.ReadPlan`, and the copy's class is the
+    reading class of the class below the patches, so that eager code can read the transformed
+    tensors (see :mod:`fxpass.reading`).
+    """
+    cls = type(module) if stack is None else stack.base
+    if keep_transforms and stack is not None:
+        cls = reading_class(cls, class_defined(cls, stack.attributes))
+    shell = copy_module(module, cls)
+    namespace = shell.__dict__
+    transforms: dict[str, Callable[..., Any]] = {}
+    for name in stack.transform_attributes() if stack is not None else ():
+        if name in namespace["_modules"]:
+            transforms[name] = namespace["_modules"][name]
+        elif name in namespace:
+            fn = transforms[name] = namespace.pop(name)
+            if keep_transforms:
+                namespace[name] = fn if picklable_by_reference(fn) else ByValue(fn)
+        else:
+            raise UnsupportedPatchError(
+                f"{path or 'the model'} ({type(shell).__name__}): its patch reads the "
+                f"transform attribute {name!r}, which the module does not have"
+            )
+    if keep_transforms and stack is not None:
+        namespace[PLAN] = read_plan(stack)
+    return shell, transforms
 
 
 def has_patch(module: nn.Module) -> bool:
@@ -117,8 +214,12 @@ def has_patch(module: nn.Module) -> bool:
     return any(find_patch_stack(m, name) is not None for name, m in module.named_modules())
 
 
-def build_shells(model: nn.Module) -> ShellTree:
-    """Copy ``model``'s tree as described in the module docstring; ``model`` is not modified."""
+def build_shells(model: nn.Module, *, keep_transforms: bool = False) -> ShellTree:
+    """Copy ``model``'s tree as described in the module docstring; ``model`` is not modified.
+
+    With ``keep_transforms``, patched shells keep what eager code needs to read them as the
+    runtime does (see :func:`shell_of`).
+    """
     stacks: dict[int, PatchStack | None] = {}
     patched_below: dict[int, bool] = {}
     first_path: dict[int, str] = {}
@@ -162,20 +263,8 @@ def build_shells(model: nn.Module) -> ShellTree:
         if stack is None and not patched_below[key] and is_default_leaf(type(module)):
             memo[key] = module
             return module
-        shell = copy_module(module, stack.base if stack is not None else type(module))
-        namespace = shell.__dict__
-        transforms: dict[str, Callable[..., Any]] = {}
-        transform_names = stack.transform_attributes() if stack is not None else ()
-        for name in transform_names:
-            if name in namespace["_modules"]:
-                transforms[name] = namespace["_modules"][name]
-            elif name in namespace:
-                transforms[name] = namespace.pop(name)
-            else:
-                raise UnsupportedPatchError(
-                    f"{path or 'the model'} ({type(shell).__name__}): its patch reads the "
-                    f"transform attribute {name!r}, which the module does not have"
-                )
+        shell, transforms = shell_of(module, stack, path, keep_transforms=keep_transforms)
+        transform_names = transforms.keys()
         memo[key] = shell
         shells[id(shell)] = shell
         paths[id(shell)] = path
@@ -190,4 +279,5 @@ def build_shells(model: nn.Module) -> ShellTree:
     # build() walks the tree depth first, parents before children, each module once at its first
     # path: the order of named_modules().
     root = build(model)
-    return ShellTree(root=root, shells=shells, patched=patched, paths=paths)
+    remap_references(shells.values(), memo)
+    return ShellTree(root=root, shells=shells, patched=patched, paths=paths, copies=memo)

@@ -23,7 +23,7 @@ import torch
 import torch.fx
 import torch.nn as nn
 
-from fxpass.errors import FxpassError, UnsupportedPatchError, UntraceableModelError
+from fxpass.errors import FxpassError, KeptCallReadsError, UnsupportedPatchError, UntraceableModelError
 from fxpass.ops import call_with_overrides
 from fxpass.patches import join_path
 from fxpass.record import KeptCall, Rewrite
@@ -153,12 +153,13 @@ class PatchTracer(torch.fx.Tracer):
             except FxpassError:
                 raise
             except Exception as error:
+                first_line = (str(error).strip().splitlines() or [""])[0]
                 raise UntraceableModelError(
                     f"torch.fx cannot trace the forward of the model ({type(root).__name__}): "
                     f"{type(error).__name__}: {error}. Pass concrete_args for the arguments that "
                     "steer its control flow, or compile with scope='module' to compile each patched "
                     "part on its own"
-                ) from error
+                ).because(f"torch.fx cannot trace it ({type(error).__name__}: {first_line})") from error
             finally:
                 self._scopes.pop()
         for node in graph.nodes:
@@ -171,7 +172,7 @@ class PatchTracer(torch.fx.Tracer):
                 f"the forward of the model ({type(root).__name__}) reads self.training, so its "
                 "graph would be fixed to the current mode; move the mode-dependent code into a "
                 "submodule (fxpass keeps such submodules as calls) or use nn.Dropout modules"
-            )
+            ).because("its forward reads self.training")
         return graph
 
     @contextlib.contextmanager
@@ -372,12 +373,12 @@ class PatchTracer(torch.fx.Tracer):
             return self.create_proxy("call_module", path, args, kwargs)
         where = f"{path} ({type(m).__name__})" if path else f"the model ({type(m).__name__})"
         if not path:
-            raise UntraceableModelError(f"the model itself cannot be kept as a call: {reason}")
+            raise UntraceableModelError(f"the model itself cannot be kept as a call: {reason}").because(reason)
         if traced is None and not is_default_leaf(type(m)):
             raise UntraceableModelError(
                 f"{where} holds patched modules but {reason}; compile with scope='module' to "
                 "compile each patched part on its own, or pass concrete_args"
-            )
+            ).because(f"{path} holds patched modules but {reason}")
         overrides: dict[str, Any] = {}
         for relative, patched in inside:
             for attribute in patched.stack.attributes:
@@ -405,13 +406,13 @@ class PatchTracer(torch.fx.Tracer):
         if reads == 1 or (reads == 0 and not stateful):
             return
         kind = "stateful (module) transform" if stateful else "transform"
-        raise UnsupportedPatchError(
+        raise KeptCallReadsError(
             f"{where} must stay a call because {reason}, but it reads "
             f"{join_path(patched.path, attribute)} {reads} times per call; fxpass evaluates the "
             f"{kind} of a tensor once per call of such a module while the runtime evaluates it at "
             "every read, which can differ; read the tensor once per call, or move the "
             "mode-dependent code (dropout) into a submodule of its own"
-        )
+        ).because(f"{where} is kept as a call and reads {join_path(patched.path, attribute)} {reads} times per call")
 
     def _stateful(self, patched: Patched, attribute: str) -> bool:
         for layer in patched.stack.layers:

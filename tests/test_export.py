@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import io
+import pickle
 
 import pytest
 import torch
@@ -17,11 +18,13 @@ import fxpass
 from fxpass import zoo
 from fxpass.ops import call_with_overrides
 from imitation_runtime import imitate
-from tests.support import assert_same_snapshot, compile_entry, snapshot, zoo_params
+from fxpass import reading
+from tests.support import assert_same_snapshot, compile_entry, graph_modules, snapshot, zoo_params
 
-# torch.fx cannot trace Branchy's own forward (data-dependent control flow), and neither can
-# torch.export; it compiles only with scope="module".
-NOT_FREEZABLE = {"branchy": (fxpass.UntraceableModelError, "scope='module'")}
+# torch.fx cannot trace Branchy's own forward (data-dependent control flow): it compiles with
+# scope="module" and freezes in place; torch.export cannot export that forward either (nor the
+# runtime model).
+NOT_EXPORTABLE = {"branchy": "data-dependent control flow in the model's own forward"}
 # transforms that are stateful, data-dependent or autograd.Functions: export the frozen graph.
 IMPURE = {"called_twice", "two_reads", "stateful", "untraceable", "qsparse"}
 # torch.jit.script of the compiled (unfrozen) graph: what fails, and why.
@@ -36,12 +39,13 @@ NOT_SCRIPTABLE = {
     # whose weight lives in parametrizations
     "parametrized": "Module 'Linear' has no attribute 'weight'",
     "qsparse": "formatting in JoinedStr",  # qsparse's own layers use f-strings
-    "branchy": "try blocks aren't supported",  # its ConvBN keeps the BatchNorm as a call
+    # module scope: Branchy runs eagerly, and its forward is an fxpass.reading.EagerForward
+    "branchy": "EagerForward",
 }
 
 
-def _runnable(entry: zoo.ZooEntry) -> bool:
-    return entry.name not in NOT_FREEZABLE
+def _exportable(entry: zoo.ZooEntry) -> bool:
+    return entry.name not in NOT_EXPORTABLE
 
 
 def _eval_pair(entry: zoo.ZooEntry):
@@ -56,21 +60,20 @@ def _eval_pair(entry: zoo.ZooEntry):
 def test_freeze_matches_runtime_eval_output_bitwise(entry: zoo.ZooEntry) -> None:
     model, inputs = entry.build()  # in train mode: freeze computes the eval-mode transforms
     before = snapshot(model)
-    if not _runnable(entry):
-        error, words = NOT_FREEZABLE[entry.name]
-        with pytest.raises(error, match=words):
-            fxpass.freeze(model)
-        return
     frozen = fxpass.freeze(model)
     assert_same_snapshot(before, snapshot(model))
     assert not any(m.training for m in frozen.modules())
     assert torch.equal(frozen(*inputs), model.eval()(*inputs))
     # no transform remains: no kept call, no transform module, no raw tensor of a patched read
-    for node in frozen.graph.nodes:
-        assert node.target is not call_with_overrides
-        if node.op == "call_module":
-            assert not isinstance(frozen.get_submodule(node.target), (zoo.LearnedScale, fxpass.ops.Opaque))
-    assert frozen._fxpass_frozen
+    parts = graph_modules(frozen)
+    assert parts
+    for part in parts:
+        for node in part.graph.nodes:
+            assert node.target is not call_with_overrides
+            if node.op == "call_module":
+                assert not isinstance(part.get_submodule(node.target), (zoo.LearnedScale, fxpass.ops.Opaque))
+        assert part._fxpass_frozen
+    assert not any(reading.reads_exactly(m) or reading.has_eager_forward(m) for m in frozen.modules())
 
 
 def test_freeze_accepts_a_compiled_model_and_is_a_snapshot() -> None:
@@ -93,8 +96,8 @@ def test_freeze_accepts_a_compiled_model_and_is_a_snapshot() -> None:
 
 @pytest.mark.parametrize("entry", zoo_params())
 def test_export_of_the_frozen_graph_round_trips(entry: zoo.ZooEntry) -> None:
-    if not _runnable(entry):
-        pytest.skip("not freezable: " + NOT_FREEZABLE[entry.name][1])
+    if not _exportable(entry):
+        pytest.skip("not exportable: " + NOT_EXPORTABLE[entry.name])
     model, inputs = _eval_pair(entry)
     program = torch.export.export(fxpass.freeze(model), inputs)
     expected = model(*inputs)
@@ -107,12 +110,29 @@ def test_export_of_the_frozen_graph_round_trips(entry: zoo.ZooEntry) -> None:
 
 @pytest.mark.parametrize("entry", zoo_params())
 def test_export_of_the_compiled_graph_for_pure_transforms(entry: zoo.ZooEntry) -> None:
-    if entry.name in IMPURE or not _runnable(entry):
+    if entry.name in IMPURE or not _exportable(entry):
         pytest.skip("stateful or data-dependent transforms: export the frozen graph instead")
     model, inputs = _eval_pair(entry)
     gm = compile_entry(entry, copy.deepcopy(model)).eval()
     program = torch.export.export(gm, inputs)
     torch.testing.assert_close(program.module()(*inputs), model(*inputs), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("entry", [e for e in zoo_params() if e.id in ("mlp", "cnn_bn", "branchy")])
+def test_a_model_exported_once_still_copies_and_pickles(entry: zoo.ZooEntry) -> None:
+    """torch.export snapshots a module's plain containers while its tensors are fake and writes
+    the snapshot back: the state a compiled model keeps for copies must survive that."""
+    model, inputs = _eval_pair(entry)
+    for candidate in (compile_entry(entry, copy.deepcopy(model)).eval(), fxpass.freeze(model)):
+        if entry.name in NOT_EXPORTABLE:
+            try:
+                torch.export.export(candidate, inputs)
+            except Exception:  # noqa: BLE001 - the export fails; what it left behind must not
+                pass
+        else:
+            torch.export.export(candidate, inputs)
+        for copied in (copy.deepcopy(candidate), pickle.loads(pickle.dumps(candidate))):
+            assert torch.equal(copied(*inputs), model(*inputs))
 
 
 def test_export_of_qsparse_compiled_graph_fails_but_frozen_exports() -> None:
@@ -134,8 +154,8 @@ _ONNX_MISSING = [p for p in ("onnx", "onnxscript", "onnxruntime") if importlib.u
 def test_onnx_of_the_frozen_graph_runs_in_onnxruntime(entry: zoo.ZooEntry) -> None:
     import onnxruntime
 
-    if not _runnable(entry):
-        pytest.skip("not freezable: " + NOT_FREEZABLE[entry.name][1])
+    if not _exportable(entry):
+        pytest.skip("not exportable: " + NOT_EXPORTABLE[entry.name])
     model, inputs = _eval_pair(entry)
     program = torch.onnx.export(fxpass.freeze(model), inputs, dynamo=True, verbose=False)
     session = onnxruntime.InferenceSession(
@@ -162,8 +182,6 @@ def test_torchscript_of_the_compiled_graph(entry: zoo.ZooEntry) -> None:
 
 @pytest.mark.parametrize("entry", zoo_params())
 def test_torchscript_of_the_frozen_graph(entry: zoo.ZooEntry) -> None:
-    if not _runnable(entry):
-        pytest.skip("not freezable: " + NOT_FREEZABLE[entry.name][1])
     model, inputs = _eval_pair(entry)
     assert torch.equal(torch.jit.script(fxpass.freeze(model))(*inputs), model(*inputs))
 
@@ -226,27 +244,6 @@ def test_module_scope_compiles_each_patched_part_of_an_untraceable_model() -> No
     assert sorted(fxpass.records(compiled)) == ["gate", "other", "stem"]
     for inputs in (x, -x):  # both branches
         assert torch.equal(compiled(inputs), model(inputs))
-
-
-def test_module_scope_refuses_a_patched_module_it_cannot_compile_alone() -> None:
-    class Untraceable(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.bn = imitate(nn.BatchNorm1d(3), "halve", lambda w: w / 2)
-            self.attn = nn.MultiheadAttention(4, 2)
-            imitate(self.attn.out_proj, "halve", lambda w: w / 2)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.bn(x) if x.sum() > 0 else x
-
-    model = Untraceable()
-    before = snapshot(model)
-    with pytest.raises(fxpass.UntraceableModelError, match=r"bn \(BatchNorm1d\).*cannot be compiled on its own"):
-        fxpass.compile(model, scope="module")
-    assert_same_snapshot(before, snapshot(model))
-    del model.bn
-    with pytest.raises(fxpass.UntraceableModelError, match=r"attn \(MultiheadAttention\)"):
-        fxpass.compile(model, scope="module")
 
 
 def test_bad_scope_is_rejected() -> None:

@@ -176,7 +176,27 @@ class BranchBlock(nn.Module):
         return self.inner(x)
 
 
-BLOCKS = {"modeblock": ModeBlock, "branchblock": BranchBlock}
+class PeekBlock(nn.Module):
+    """A block that torch.fx cannot trace and that reads the tensors of the layers inside it
+    itself, as transformers' Mamba mixer reads ``self.dt_proj.weight``: at model scope it is
+    refused like a BranchBlock; at module scope it runs eagerly and each of its reads must be
+    evaluated as at run time (stateful transforms move once per read)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.inner(x)
+        if x.sum() > float("-inf"):  # always true, but data-dependent
+            for module in self.inner.modules():
+                weight = getattr(module, "weight", None) if not isinstance(module, nn.Sequential) else None
+                if isinstance(weight, torch.Tensor) and weight.is_floating_point():
+                    y = y + 0.01 * weight.mean()
+        return y
+
+
+BLOCKS = {"modeblock": ModeBlock, "branchblock": BranchBlock, "peekblock": PeekBlock}
 
 
 class Net(nn.Module):
@@ -285,7 +305,7 @@ class Spec:
 
 
 WEIGHTED = ("linear", "conv1d", "conv2d", "batchnorm1d", "batchnorm2d", "layernorm", "embedding")
-CONTAINERS = ("sequential", "nested", "modulelist", "modeblock", "branchblock")
+CONTAINERS = ("sequential", "nested", "modulelist", "modeblock", "branchblock", "peekblock")
 OPTIONS = {
     "features": ("linear", "linear", "layernorm", "batchnorm1d", "relu", "tanh", "dropout"),
     "image": ("conv2d", "conv2d", "batchnorm2d", "relu", "dropout", "pool"),
@@ -436,7 +456,7 @@ def expected_refusal(spec: Spec) -> tuple[type[Exception], str] | None:
         calls = calls_per_layer(group.layers, start)
         start += len(group.layers)
         where = f"groups.{index} ({BLOCKS[group.container].__name__})" if group.container in BLOCKS else ""
-        if group.container == "branchblock" and any(layers[n].patches for n in calls):
+        if group.container in ("branchblock", "peekblock") and any(layers[n].patches for n in calls):
             return fxpass.UntraceableModelError, where
         if group.container == "modeblock" and any(layers[n].patches and k > 1 for n, k in calls.items()):
             return fxpass.UnsupportedPatchError, where
@@ -555,7 +575,8 @@ def check_parity(
     before = snapshot(model)
     compiled = compile_fn(model)
     assert_same_snapshot(before, snapshot(model))
-    assert isinstance(compiled, torch.fx.GraphModule)
+    # (module scope returns a model without any patch as it is)
+    assert isinstance(compiled, torch.fx.GraphModule) or fxpass.scope_record(compiled) is not None or compiled is model
     assert_state_equal(runtime, compiled)
     for step, mode in enumerate(modes):
         runtime.train(mode == "train")
@@ -605,12 +626,17 @@ def note_coverage(spec: Spec, compiled: nn.Module | None) -> None:
     if compiled is None:
         event("refused as expected")
         return
-    record = fxpass.record_of(compiled)
-    for how, count in record.counts().items():
-        if count:
-            event(f"emitted: {how}")
-    if record.kept_calls:
-        event("kept call with patched tensors passed in")
+    scope = fxpass.scope_record(compiled)
+    if scope is not None:
+        event(f"module scope: {len(scope.parts)} part(s), {len(scope.eager)} eager module(s)")
+        if any(e.patched for e in scope.eager):
+            event("module scope: a patched module runs eagerly")
+    for record in fxpass.records(compiled).values():
+        for how, count in record.counts().items():
+            if count:
+                event(f"emitted: {how}")
+        if record.kept_calls:
+            event("kept call with patched tensors passed in")
 
 
 @PROFILE
@@ -631,6 +657,39 @@ def test_compiled_model_is_bitwise_equal_to_runtime(
         note_coverage(spec, None)
         return
     compiled = check_parity(runtime, inputs, modes, compile_mode=compile_mode, warm_up=warm_up)
+    note_coverage(spec, compiled)
+
+
+def compile_module_scope(model: nn.Module) -> nn.Module:
+    return fxpass.compile(model, scope="module")
+
+
+class EagerTop(nn.Module):
+    """A model whose own forward torch.fx cannot trace (a data-dependent branch, always taken):
+    at module scope it runs eagerly, and what is below it is compiled part by part."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.float().sum() > float("-inf"):
+            return self.net(x)
+        return x
+
+
+@PROFILE
+@given(spec=specs(), modes=modes, compile_mode=st.sampled_from(["train", "eval"]), warm_up=st.booleans())
+def test_module_scope_is_bitwise_equal_to_runtime(
+    spec: Spec, modes: list[str], compile_mode: str, warm_up: bool
+) -> None:
+    """Module scope refuses nothing the model scope refuses for its blocks: a block torch.fx
+    cannot trace, or that must stay a call and reads a tensor twice, runs eagerly, its reads
+    (and the reads of a PeekBlock into its layers) evaluated as at run time."""
+    net, inputs = build(spec)
+    compiled = check_parity(
+        EagerTop(net), inputs, modes, compile_mode=compile_mode, warm_up=warm_up, compile_fn=compile_module_scope
+    )
     note_coverage(spec, compiled)
 
 
