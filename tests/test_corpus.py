@@ -215,6 +215,22 @@ def test_onnx_of_the_frozen_model_runs_in_onnxruntime(entry: corpus.CorpusEntry)
     torch.testing.assert_close(torch.from_numpy(first), reference, atol=EXPORT_ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("entry", entries(("gpt2", "bert", "mamba", "vit")))
+def test_torch_compile_traces_it_as_it_traces_the_runtime_model(entry: corpus.CorpusEntry) -> None:
+    model, compiled, inputs = pair(entry)
+    kwargs = no_cache(entry, inputs)
+    explained = []
+    for module in (model, compiled):
+        module.eval()
+        torch._dynamo.reset()
+        explanation = torch._dynamo.explain(module)(**kwargs)
+        explained.append((explanation.graph_count, explanation.graph_break_count))
+    assert explained[1] == explained[0]
+    torch._dynamo.reset()
+    with torch.no_grad():
+        assert_outputs_equal(model(**kwargs), torch.compile(compiled, backend="eager")(**kwargs))
+
+
 @pytest.mark.parametrize("entry", entries())
 def test_parity_check_passes_with_the_cache_on(entry: corpus.CorpusEntry) -> None:
     model, _, inputs = pair(entry)
