@@ -210,9 +210,10 @@ class DictWalkCodeGen(torch.fx.graph.CodeGen):
         # it, make_fx) must see attribute reads, or the transforms would run eagerly on the raw
         # tensors and be recorded as constants: the forward then runs torch.fx's own code.
         def_line, call = guard
-        added = [f"    if {_TRACE_STATE}._is_fx_tracing_flag: return {_DEFAULT}(self, {call})"]
-        if entry:
+        added = []
+        if entry:  # (first: torch.fx's own code below is the graph's too, valid for its pattern only)
             added.append(f"    if {_entry_condition(entry)}: return self._fxpass_eager({call})")
+        added.append(f"    if {_TRACE_STATE}._is_fx_tracing_flag: return {_DEFAULT}(self, {call})")
         lines[def_line + 1 : def_line + 1] = added
         code.src = "\n".join(lines)
         code.globals[_TRACE_STATE] = torch.fx._symbolic_trace

@@ -187,7 +187,8 @@ class EagerForward:
     docstring), also when an eager parent calls it.
 
     An instance attribute rather than a hook keeps ``nn.Module.__call__`` on its fast path. It
-    answers ``inspect.signature`` as the forward it runs (transformers' ``generate`` reads it).
+    answers ``inspect.signature`` (transformers' ``generate`` reads it), ``__code__`` and
+    ``__name__`` as the forward it runs; it has no ``__func__``, since calling that would skip it.
 
     Args:
         module: the module.
@@ -209,10 +210,20 @@ class EagerForward:
         finally:
             opened.pop()
 
+    def _forward(self) -> Any:
+        return self.inner if self.inner is not None else type(self.module).forward.__get__(self.module)
+
     @property
     def __signature__(self) -> inspect.Signature:
-        forward = self.inner if self.inner is not None else type(self.module).forward.__get__(self.module)
-        return inspect.signature(forward)
+        return inspect.signature(self._forward())
+
+    @property
+    def __code__(self) -> Any:  # (torch.export names its shape environment after it)
+        return getattr(self._forward(), "__code__", EagerForward.__call__.__code__)
+
+    @property
+    def __name__(self) -> str:
+        return getattr(self._forward(), "__name__", "forward")
 
     def __repr__(self) -> str:
         return f"fxpass.reading.EagerForward({type(self.module).__name__})"

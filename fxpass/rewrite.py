@@ -239,7 +239,7 @@ class _ModuleScope:
         stack = find_patch_stack(module, path)
         base = stack.base if stack is not None else type(module)
         try:
-            result: nn.Module = self.part(module, base)
+            result: nn.Module = self.part(module, base, path)
         except (UntraceableModelError, KeptCallReadsError) as error:
             result = self.eager_copy(module, path, stack, error)
         else:
@@ -247,8 +247,11 @@ class _ModuleScope:
         self.memo[key] = result
         return result
 
-    def part(self, module: nn.Module, base: type) -> CompiledGraphModule:
-        specialized = _none_defaults(base)
+    def part(self, module: nn.Module, base: type, path: str) -> CompiledGraphModule:
+        # A part is traced for the call its parent most likely makes, without the arguments that
+        # default to None; the model itself is called by its user with its inputs, which
+        # transformers models declare with None defaults too.
+        specialized = _none_defaults(base) if path else ()
         attempts = (specialized, ()) if specialized else ((),)
         for index, names in enumerate(attempts):
             part = _Part(base, names, {})

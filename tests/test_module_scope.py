@@ -446,3 +446,38 @@ def test_an_eager_forward_keeps_the_signature_of_the_forward_it_runs() -> None:
     compiled = compile_modules(CallsWithAndWithout())
     assert reading.has_eager_forward(compiled)
     assert inspect.signature(compiled.forward) == inspect.signature(CallsWithAndWithout().forward)
+
+
+class AlwaysPassesExtra(nn.Module):
+    """torch.fx cannot trace it (``range`` of a proxy); torch.export can. It always passes the
+    argument its part was traced without."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.part = OptionalExtra()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = [self.part(x[i : i + 1], extra=x[i : i + 1] * 2) for i in range(x.shape[0])]
+        return torch.cat(rows)
+
+
+def test_tracing_a_part_called_with_another_pattern_runs_its_own_forward() -> None:
+    """torch.export (and any torch.fx tracing of the model) checks the pattern too: the part's
+    graph, traced without ``extra``, must not stand in for a call that passes it."""
+    torch.manual_seed(0)
+    model = AlwaysPassesExtra().eval()
+    x = torch.randn(3, 4)
+    for candidate in (compile_modules(model).eval(), fxpass.freeze(model)):
+        program = torch.export.export(candidate, (x,))
+        torch.testing.assert_close(program.module()(x), model(x), atol=1e-6, rtol=0)
+
+
+def test_the_model_itself_is_traced_with_the_arguments_its_user_passes() -> None:
+    """The root is called by its user with its inputs (transformers declares them ``=None``):
+    it is not traced as if they were None."""
+    torch.manual_seed(0)
+    model = OptionalExtra()
+    compiled = compile_modules(model)
+    assert fxpass.records(compiled)[""].specialized == ()
+    x = torch.randn(2, 4)
+    assert torch.equal(compiled(x, x), model(x, x))
