@@ -5,6 +5,7 @@ from fxpass.errors import (
     FxpassError,
     InvalidModelError,
     NotCompiledError,
+    NotScriptableError,
     UnsupportedPatchError,
     UntraceableModelError,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "InvalidModelError",
     "KeptCall",
     "NotCompiledError",
+    "NotScriptableError",
     "ParityArgumentError",
     "ParityReport",
     "ParityRow",

@@ -10,8 +10,8 @@ __all__ = [
     "FreezeError",
     "FxpassError",
     "InvalidModelError",
-    "KeptCallReadsError",
     "NotCompiledError",
+    "NotScriptableError",
     "UnsupportedPatchError",
     "UntraceableModelError",
 ]
@@ -41,15 +41,12 @@ class UnsupportedPatchError(FxpassError, ValueError):
     """A module carries a class patch, or a use of one, that fxpass cannot reproduce exactly."""
 
 
-class KeptCallReadsError(UnsupportedPatchError):
-    """A module kept as a call reads a patched tensor other than once per call (model scope).
-
-    Module scope runs such a module eagerly instead, with exact reads.
-    """
-
-
 class UntraceableModelError(FxpassError, RuntimeError):
     """torch.fx cannot trace the model's own forward, or the trace would bake in a training mode."""
+
+
+class NotScriptableError(FxpassError, RuntimeError):
+    """TorchScript cannot compile a compiled model as it is (it runs Python at some reads)."""
 
 
 class FreezeError(FxpassError, RuntimeError):

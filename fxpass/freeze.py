@@ -93,8 +93,10 @@ def _is_part(model: nn.Module) -> bool:
 
 
 def _freeze_graph(gm: torch.fx.GraphModule) -> CompiledGraphModule:
-    """Model scope: every transform node evaluated once, its output a ``frozen_*`` buffer."""
+    """Model scope: every transform node evaluated once, its output a ``frozen_*`` buffer; the
+    patched modules inside kept calls frozen in place."""
     gm = gm.eval()
+    _freeze_reads(gm)
     graph = gm.graph
     owner = _transform_nodes(gm)
     interpreter = torch.fx.Interpreter(gm)
@@ -186,6 +188,16 @@ def _freeze_in_place(model: nn.Module) -> nn.Module:
     reads those buffers instead of its transform nodes; the eager modules lose their read hooks.
     """
     model.eval()
+    _freeze_reads(model)
+    for module in model.modules():
+        if find_record(module) is not None:
+            _read_frozen(module)  # type: ignore[arg-type]
+    return model
+
+
+def _freeze_reads(model: nn.Module) -> None:
+    """Freeze in place every module of ``model`` that reads its patched tensors eagerly (it holds
+    a read plan), and drop the eager forwards that evaluated those reads."""
     names = {id(m): name for name, m in model.named_modules()}
     patched = [m for m in model.modules() if PLAN in m.__dict__]
     values: list[tuple[nn.Module, dict[str, torch.Tensor]]] = []
@@ -195,10 +207,7 @@ def _freeze_in_place(model: nn.Module) -> nn.Module:
     for module, frozen in values:
         _store_frozen(module, frozen)
     for module in model.modules():
-        if find_record(module) is not None:
-            _read_frozen(module)  # type: ignore[arg-type]
         remove_eager_forward(module)
-    return model
 
 
 def _frozen_values(module: nn.Module, path: str) -> dict[str, torch.Tensor]:

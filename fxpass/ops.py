@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from fxpass import reading
 from fxpass.codegen import ENTRY_ATTRIBUTE, DictWalkCodeGen
+from fxpass.errors import NotScriptableError
 
 __all__ = [
     "ByValue",
@@ -49,10 +50,10 @@ def call_with_overrides(
 ) -> Any:
     """Call ``module(*args, **kwargs)`` with some of its tensors replaced for this call only.
 
-    fxpass emits this for a patched module (or the smallest module around it that reads its
-    tensors) whose forward must stay a call at run time: its forward depends on the training mode
-    (BatchNorm, dropout) or cannot be traced. The transforms are nodes of the graph; their results
-    come in through ``overrides``.
+    fxpass 0.1 emitted this for a patched module (or the smallest module around it that reads its
+    tensors) whose forward must stay a call at run time, the transforms computed by graph nodes
+    and handed in through ``overrides``. A kept call is now a plain ``call_module`` whose patched
+    modules read as at run time (:mod:`fxpass.reading`); this stays for the models saved then.
 
     Args:
         module: the module to call.
@@ -336,7 +337,19 @@ class CompiledGraphModule(torch.fx.GraphModule):
         return copied
 
     def __prepare_scriptable__(self) -> CompiledGraphModule:
-        """What ``torch.jit.script`` compiles: a twin with torch.fx's code, sharing everything."""
+        """What ``torch.jit.script`` compiles: a twin with torch.fx's code, sharing everything.
+
+        Raises:
+            NotScriptableError: a module kept as a call reads patched tensors as at run time
+                (Python TorchScript cannot compile): script ``fxpass.freeze(model)`` instead.
+        """
+        for name, module in self.named_modules():
+            if reading.has_eager_forward(module):
+                raise NotScriptableError(
+                    f"{name} ({type(module).__name__}) is kept as a call and its patched modules read "
+                    "their tensors as at run time, in Python, which TorchScript cannot compile; "
+                    "script fxpass.freeze(model) instead"
+                )
         extras = {k: v for k, v in self.meta.get(PRESERVED, {}).items() if k not in TREE_ATTRIBUTES}
         # (TorchScript cannot call an eager forward, nor the Python hooks of a replaced module)
         extras.pop(ENTRY_ATTRIBUTE, None)

@@ -17,10 +17,13 @@ the read:
   thread reads that way; at any other time a patched attribute is the raw tensor, so graphs,
   ``state_dict()``, pickling and torch.fx's own machinery see what they always saw.
 
-Compiled graphs never read through that fallback, also while eager code runs: their generated
-code reads the tree's dictionaries (:mod:`fxpass.codegen`) and applies the transforms as nodes,
-and a module kept as a call inside a graph (:func:`fxpass.ops.call_with_overrides`) gets its
-tensors handed in as instance attributes, which Python finds before any fallback.
+The same mechanism makes a module kept as a call inside a graph exact (model scope too): its
+``forward`` is an :class:`EagerForward`, so the patched modules inside it read as at run time
+however often its forward reads them. Compiled graphs never read through the fallback, also while
+eager code runs: their generated code reads the tree's dictionaries (:mod:`fxpass.codegen`) and
+applies the transforms as nodes. (Graphs saved by fxpass 0.1 hand tensors to their kept calls as
+instance attributes, :func:`fxpass.ops.call_with_overrides`, which Python finds before any
+fallback.)
 
 The names here are part of saved models (pickles refer to them by import path): keep them where
 they are.
@@ -35,6 +38,7 @@ import threading
 from typing import Any, Iterator
 
 import torch.nn as nn
+from torch.fx import _symbolic_trace
 from torch.nn.utils import parametrize as _parametrize
 
 __all__ = [
@@ -83,13 +87,38 @@ class ReadPlan:
     Attributes:
         layers: the patches, bottom first.
         attributes: every patched attribute, in first-patched order.
+        from_class: the patched attributes whose raw value the module's plain class defines (a
+            property of its own) rather than its parameters or buffers.
+        steps: derived, per attribute: whether its value starts from its parametrization (else
+            from the raw tensor), and the ``(kind, transform attribute)`` of each patch applied
+            after that, bottom first.
     """
 
     layers: tuple[ReadLayer, ...]
     attributes: tuple[str, ...]
+    from_class: frozenset[str] = frozenset()
+    steps: dict[str, tuple[bool, tuple[tuple[str, str], ...]]] = dataclasses.field(
+        init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        steps = {}
+        for attribute in self.attributes:
+            parametrized, chain = False, []
+            for layer in self.layers:
+                if attribute not in layer.attributes:
+                    continue
+                if layer.kind == "parametrize":  # its value ignores the layers below
+                    parametrized, chain = True, []
+                else:
+                    chain.append((layer.kind, layer.transforms[layer.attributes.index(attribute)]))
+            steps[attribute] = (parametrized, tuple(chain))
+        object.__setattr__(self, "steps", steps)
 
 
 # -- evaluating a read -----------------------------------------------------------------------------
+
+_MISSING = object()
 
 
 def _plain_class(module: nn.Module) -> type:
@@ -97,20 +126,24 @@ def _plain_class(module: nn.Module) -> type:
     return getattr(cls, "_fxpass_plain", cls)
 
 
-def _raw(module: nn.Module, attribute: str) -> Any:
+def _raw(module: nn.Module, attribute: str, from_class: bool) -> Any:
     """The attribute as the class below every patch returns it (the runtime patches' rule)."""
-    plain = _plain_class(module)
-    for klass in plain.__mro__:
-        if attribute in klass.__dict__:
-            found = klass.__dict__[attribute]
-            return found.__get__(module, plain) if hasattr(type(found), "__get__") else found
+    if from_class:
+        plain = _plain_class(module)
+        found = next(klass.__dict__[attribute] for klass in plain.__mro__ if attribute in klass.__dict__)
+        return found.__get__(module, plain) if hasattr(type(found), "__get__") else found
     namespace = module.__dict__
-    if attribute in namespace["_parameters"] or attribute in namespace["_buffers"]:
-        # nn.Module's own lookup, looked up at call time: torch.fx tracing this code (it patches
-        # nn.Module.__getattr__) then gets the proxy of the raw tensor, not the tensor.
+    tensor = namespace["_parameters"].get(attribute, _MISSING)
+    if tensor is _MISSING:
+        tensor = namespace["_buffers"].get(attribute, _MISSING)
+        if tensor is _MISSING:
+            # Raising AttributeError from __getattr__ makes the caller see the usual message.
+            raise AttributeError(f"'{_plain_class(module).__name__}' object has no attribute '{attribute}'")
+    if _symbolic_trace._is_fx_tracing_flag:
+        # torch.fx traces this code (it patches nn.Module.__getattr__): the proxy of the raw
+        # tensor, so that the transforms after it are traced too.
         return nn.Module.__getattr__(module, attribute)
-    # Raising AttributeError from __getattr__ makes the caller see the usual message.
-    raise AttributeError(f"'{plain.__name__}' object has no attribute '{attribute}'")
+    return tensor
 
 
 def _parametrized(module: nn.Module, attribute: str) -> Any:
@@ -128,20 +161,6 @@ def _parametrized(module: nn.Module, attribute: str) -> Any:
     return parametrization()
 
 
-def _value(module: nn.Module, layers: tuple[ReadLayer, ...], attribute: str, top: int) -> Any:
-    index = next((i for i in range(top, -1, -1) if attribute in layers[i].attributes), None)
-    if index is None:
-        return _raw(module, attribute)
-    layer = layers[index]
-    if layer.kind == "parametrize":
-        return _parametrized(module, attribute)
-    previous = _value(module, layers, attribute, index - 1)
-    if previous is None and layer.kind == "imitate":
-        return None  # imitation_runtime never calls a transform on a missing bias
-    transform = layer.transforms[layer.attributes.index(attribute)]
-    return getattr(module, transform)(previous)
-
-
 def read_value(module: nn.Module, attribute: str) -> Any:
     """What the runtime patch returns for ``module.<attribute>``, from the module's plan.
 
@@ -153,8 +172,14 @@ def read_value(module: nn.Module, attribute: str) -> Any:
         >>> bool((read_value(lin, "weight") == -lin.weight).all())
         True
     """
-    layers = module.__dict__[PLAN].layers
-    return _value(module, layers, attribute, len(layers) - 1)
+    plan = module.__dict__[PLAN]
+    parametrized, chain = plan.steps[attribute]
+    value = _parametrized(module, attribute) if parametrized else _raw(module, attribute, attribute in plan.from_class)
+    for kind, transform in chain:
+        if value is None and kind == "imitate":
+            continue  # imitation_runtime never calls a transform on a missing bias
+        value = getattr(module, transform)(value)
+    return value
 
 
 # -- when eager code runs --------------------------------------------------------------------------
@@ -260,7 +285,7 @@ def reading_getattr(self: nn.Module, name: str) -> Any:
     at call time, so that torch.fx's tracing patch of ``nn.Module.__getattr__`` applies)."""
     if _EAGER.open:
         plan = self.__dict__.get(PLAN)
-        if plan is not None and name in plan.attributes:
+        if plan is not None and name in plan.steps:
             return read_value(self, name)
     return type(self)._fxpass_getattr_from.__getattr__(self, name)
 

@@ -62,12 +62,14 @@ class Rewrite:
 
 @dataclasses.dataclass(frozen=True)
 class KeptCall:
-    """A module kept as a call at run time, with patched tensors passed in for the call.
+    """A module kept as a call at run time.
 
     Attributes:
         module: path of the module called.
         reason: why its forward was not traced into the graph.
-        overrides: the attributes (relative to ``module``) replaced during the call.
+        overrides: the patched attributes inside it (relative to ``module``), which its forward
+            reads as at run time: each read evaluated when it happens. (In graphs compiled by
+            fxpass 0.1: the attributes replaced during the call by values the graph computed.)
     """
 
     module: str
@@ -116,7 +118,7 @@ class CompileRecord:
         if self.kept_calls:
             kept = [(k.module or "<model>", ", ".join(k.overrides), k.reason) for k in self.kept_calls]
             text += "\n\n" + tabulate.tabulate(
-                kept, headers=("kept as a call", "tensors passed in", "why"), tablefmt=fmt
+                kept, headers=("kept as a call", "patched tensors read inside", "why"), tablefmt=fmt
             )
         return text
 

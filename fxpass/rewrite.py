@@ -10,7 +10,7 @@ import torch.fx
 import torch.nn as nn
 
 from fxpass.codegen import ENTRY_ATTRIBUTE, EntryGuardError
-from fxpass.errors import InvalidModelError, KeptCallReadsError, UntraceableModelError
+from fxpass.errors import InvalidModelError, UntraceableModelError
 from fxpass.ops import INSTANCE_ATTRIBUTES, TREE_ATTRIBUTES, CompiledGraphModule, LoadTracer
 from fxpass.patches import find_patch_stack, join_path
 from fxpass.reading import install_eager_forward
@@ -113,6 +113,7 @@ def _compile_model(
     if part is not None and part.specialized:
         concrete_args = dict.fromkeys(part.specialized)
     graph = tracer.trace_tree(concrete_args)
+    tracer.finish()
     # A pickled GraphModule is re-traced on load with a subclass of the tracer recorded here;
     # ours needs the shell tree, so name one that only looks tensors up fast.
     graph._tracer_cls = LoadTracer
@@ -240,7 +241,7 @@ class _ModuleScope:
         base = stack.base if stack is not None else type(module)
         try:
             result: nn.Module = self.part(module, base, path)
-        except (UntraceableModelError, KeptCallReadsError) as error:
+        except UntraceableModelError as error:
             result = self.eager_copy(module, path, stack, error)
         else:
             self.parts.append(path)

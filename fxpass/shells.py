@@ -30,6 +30,7 @@ __all__ = [
     "copy_module",
     "has_patch",
     "is_default_leaf",
+    "keep_reads",
     "read_plan",
     "remap_references",
     "shell_of",
@@ -172,7 +173,7 @@ def read_plan(stack: PatchStack) -> ReadPlan:
         ReadLayer(layer.kind, layer.attributes, tuple(layer.transform_attribute(a) for a in layer.attributes))
         for layer in stack.layers
     )
-    return ReadPlan(layers, stack.attributes)
+    return ReadPlan(layers, stack.attributes, frozenset(class_defined(stack.base, stack.attributes)))
 
 
 def shell_of(
@@ -186,27 +187,37 @@ def shell_of(
     reading class of the class below the patches, so that eager code can read the transformed
     tensors (see :mod:`fxpass.reading`).
     """
-    cls = type(module) if stack is None else stack.base
-    if keep_transforms and stack is not None:
-        cls = reading_class(cls, class_defined(cls, stack.attributes))
-    shell = copy_module(module, cls)
+    shell = copy_module(module, type(module) if stack is None else stack.base)
     namespace = shell.__dict__
     transforms: dict[str, Callable[..., Any]] = {}
     for name in stack.transform_attributes() if stack is not None else ():
         if name in namespace["_modules"]:
             transforms[name] = namespace["_modules"][name]
         elif name in namespace:
-            fn = transforms[name] = namespace.pop(name)
-            if keep_transforms:
-                namespace[name] = fn if picklable_by_reference(fn) else ByValue(fn)
+            transforms[name] = namespace.pop(name)
         else:
             raise UnsupportedPatchError(
                 f"{path or 'the model'} ({type(shell).__name__}): its patch reads the "
                 f"transform attribute {name!r}, which the module does not have"
             )
     if keep_transforms and stack is not None:
-        namespace[PLAN] = read_plan(stack)
+        keep_reads(shell, stack, transforms)
     return shell, transforms
+
+
+def keep_reads(shell: nn.Module, stack: PatchStack, transforms: dict[str, Callable[..., Any]]) -> None:
+    """Let eager code read ``shell``'s patched tensors as the runtime does (:mod:`fxpass.reading`):
+    its class becomes the reading class of the class below its patches, and it holds its read plan
+    and its transform functions (wrapped to pickle by value where plain pickle cannot save them;
+    transform modules are in the tree already). Applying it twice changes nothing."""
+    namespace = shell.__dict__
+    if PLAN in namespace:
+        return
+    object.__setattr__(shell, "__class__", reading_class(stack.base, class_defined(stack.base, stack.attributes)))
+    for name, fn in transforms.items():
+        if name not in namespace["_modules"]:  # (an opaque transform is a module of the tree now)
+            namespace[name] = fn if picklable_by_reference(fn) else ByValue(fn)
+    namespace[PLAN] = read_plan(stack)
 
 
 def has_patch(module: nn.Module) -> bool:

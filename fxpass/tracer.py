@@ -5,14 +5,13 @@ class. Its patched attributes are properties that emit ``get_attr`` of the raw t
 the transforms as nodes, once per read, in the order the forward reads them; its ``training`` is a
 property that notes the read. A module whose forward reads the mode (BatchNorm, dropout) or cannot
 be traced is not traced into the graph: its nodes are rolled back and it stays a call at run time,
-with the transformed tensors computed by graph nodes and passed in for the call
-(:func:`fxpass.ops.call_with_overrides`). Tracing through a mode-dependent forward would bake the
-current mode into the graph.
+and the patched modules inside it read their tensors as at run time while it runs
+(:mod:`fxpass.reading`). Tracing through a mode-dependent forward would bake the current mode into
+the graph.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import contextvars
 import dataclasses
@@ -23,11 +22,11 @@ import torch
 import torch.fx
 import torch.nn as nn
 
-from fxpass.errors import FxpassError, KeptCallReadsError, UnsupportedPatchError, UntraceableModelError
-from fxpass.ops import call_with_overrides
+from fxpass.errors import FxpassError, UnsupportedPatchError, UntraceableModelError
 from fxpass.patches import join_path
+from fxpass.reading import install_eager_forward
 from fxpass.record import KeptCall, Rewrite
-from fxpass.shells import Patched, ShellTree, is_default_leaf
+from fxpass.shells import Patched, ShellTree, keep_reads
 from fxpass.transforms import TransformTrace, describe, emit_transform, refuse_autograd_functions
 
 __all__ = ["ACTIVATIONS", "PatchTracer"]
@@ -61,7 +60,6 @@ class _Scope:
     module: nn.Module
     path: str
     reads_training: bool = False
-    reads: collections.Counter = dataclasses.field(default_factory=collections.Counter)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +68,7 @@ class _Mark:
     rewrites: int
     kept: int
     inlined: int
+    eager_calls: int
 
 
 def _get_training(self: nn.Module) -> bool:
@@ -132,6 +131,8 @@ class PatchTracer(torch.fx.Tracer):
         self.inlined: list[str] = []
         self.rewrites: list[Rewrite] = []
         self.kept: list[KeptCall] = []
+        #: modules kept as calls with patched modules inside, and those (see finish())
+        self.eager_calls: list[tuple[nn.Module, tuple[Patched, ...]]] = []
         self._scopes: list[_Scope] = []
         self._tensor_names: dict[int, str] = {}
         #: transform function id -> its recorded trace (see fxpass.transforms.TransformTrace)
@@ -198,7 +199,7 @@ class PatchTracer(torch.fx.Tracer):
     def mark(self) -> _Mark:
         """Remember the current end of the graph and of the record."""
         last = next(iter(reversed(self.graph.nodes)), None)
-        return _Mark(last, len(self.rewrites), len(self.kept), len(self.inlined))
+        return _Mark(last, len(self.rewrites), len(self.kept), len(self.inlined), len(self.eager_calls))
 
     def nodes_since(self, mark: _Mark) -> list[torch.fx.Node]:
         """The nodes added since ``mark``, in graph order."""
@@ -216,6 +217,7 @@ class PatchTracer(torch.fx.Tracer):
         del self.rewrites[mark.rewrites :]
         del self.kept[mark.kept :]
         del self.inlined[mark.inlined :]
+        del self.eager_calls[mark.eager_calls :]
 
     # -- hooks of torch.fx.Tracer ------------------------------------------------------------
 
@@ -286,14 +288,13 @@ class PatchTracer(torch.fx.Tracer):
         finally:
             self._scopes.pop()
         if failure is None and not scope.reads_training:
-            self._scopes[-1].reads.update(scope.reads)
             return out
         self.rollback(mark)
         if failure is not None:
             reason = f"its forward cannot be traced ({type(failure).__name__}: {failure})"
         else:
             reason = "its forward reads self.training"
-        return self._keep_call(m, path, args, kwargs, reason, scope if failure is None else None)
+        return self._keep_call(m, path, args, kwargs, reason)
 
     # -- patched attributes ------------------------------------------------------------------
 
@@ -307,8 +308,6 @@ class PatchTracer(torch.fx.Tracer):
         patched = self.tree.patched[id(shell)]
         if not patched.has_attribute(attribute):
             raise AttributeError(f"'{patched.stack.base.__name__}' object has no attribute '{attribute}'")
-        if self._scopes:
-            self._scopes[-1].reads[(patched.path, attribute)] += 1
         return self._value(patched, attribute, len(patched.stack.layers) - 1)
 
     def _value(self, patched: Patched, attribute: str, top: int) -> Any:
@@ -353,71 +352,41 @@ class PatchTracer(torch.fx.Tracer):
 
     # -- modules kept as calls ---------------------------------------------------------------
 
-    def _keep_call(
-        self,
-        m: nn.Module,
-        path: str,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        reason: str,
-        traced: _Scope | None,
-    ) -> Any:
-        # Patched modules inside m, named relative to m (a module may sit elsewhere first).
+    def _keep_call(self, m: nn.Module, path: str, args: tuple[Any, ...], kwargs: dict[str, Any], reason: str) -> Any:
+        """One ``call_module`` of ``m``; the patched modules inside it read as at run time.
+
+        The runtime evaluates a transform at each read of the tensor, inside the forward: how
+        often, and in which order with other reads, only running that forward tells. So ``m``
+        gets an :class:`~fxpass.reading.EagerForward` and its patched modules their read plans
+        (applied after tracing, see :meth:`finish`): each read inside the call is evaluated then,
+        with the transform's own state, whatever the number of reads.
+        """
+        # Patched modules inside m (a module may sit elsewhere first), named relative to m.
         inside = [
             (relative, self.tree.patched[id(module)])
             for relative, module in m.named_modules()
             if id(module) in self.tree.patched
         ]
-        if not inside:
-            self.kept.append(KeptCall(path, reason, ()))
-            return self.create_proxy("call_module", path, args, kwargs)
-        where = f"{path} ({type(m).__name__})" if path else f"the model ({type(m).__name__})"
-        if not path:
+        if inside and not path:
             raise UntraceableModelError(f"the model itself cannot be kept as a call: {reason}").because(reason)
-        if traced is None and not is_default_leaf(type(m)):
-            raise UntraceableModelError(
-                f"{where} holds patched modules but {reason}; compile with scope='module' to "
-                "compile each patched part on its own, or pass concrete_args"
-            ).because(f"{path} holds patched modules but {reason}")
-        overrides: dict[str, Any] = {}
-        for relative, patched in inside:
-            for attribute in patched.stack.attributes:
-                if not patched.has_attribute(attribute):
-                    continue
-                value = self.read_patched(patched.shell, attribute)
-                if value is None:
-                    continue
-                if traced is not None and getattr(value, "node", None) is not None and value.node.op != "get_attr":
-                    self._check_reads(where, reason, patched, attribute, traced)
-                overrides[join_path(relative, attribute)] = value
-        self.kept.append(KeptCall(path, reason, tuple(overrides)))
-        module = self.create_proxy("get_attr", path, (), {})
-        return self.create_proxy(
-            "call_function", call_with_overrides, (module, overrides, tuple(args), dict(kwargs)), {}
+        reads = tuple(
+            join_path(relative, attribute)
+            for relative, patched in inside
+            for attribute in patched.stack.attributes
+            if patched.has_attribute(attribute)
         )
+        if inside:
+            self.eager_calls.append((m, tuple(patched for _, patched in inside)))
+        self.kept.append(KeptCall(path, reason, reads))
+        return self.create_proxy("call_module", path, args, kwargs)
 
-    def _check_reads(self, where: str, reason: str, patched: Patched, attribute: str, traced: _Scope) -> None:
-        """A kept call evaluates each transform once per call and hands the result to every read;
-        the runtime evaluates it at every read. The two agree, bitwise, only when the forward reads
-        the tensor once (or, for a pure transform, never): a stateful transform would run another
-        number of times, and the raw tensor's gradient would be summed in another order."""
-        reads = traced.reads[(patched.path, attribute)]
-        stateful = self._stateful(patched, attribute)
-        if reads == 1 or (reads == 0 and not stateful):
-            return
-        kind = "stateful (module) transform" if stateful else "transform"
-        raise KeptCallReadsError(
-            f"{where} must stay a call because {reason}, but it reads "
-            f"{join_path(patched.path, attribute)} {reads} times per call; fxpass evaluates the "
-            f"{kind} of a tensor once per call of such a module while the runtime evaluates it at "
-            "every read, which can differ; read the tensor once per call, or move the "
-            "mode-dependent code (dropout) into a submodule of its own"
-        ).because(f"{where} is kept as a call and reads {join_path(patched.path, attribute)} {reads} times per call")
-
-    def _stateful(self, patched: Patched, attribute: str) -> bool:
-        for layer in patched.stack.layers:
-            if attribute in layer.attributes:
-                transform = patched.transforms.get(layer.transform_attribute(attribute))
-                if isinstance(transform, nn.Module):
-                    return True
-        return False
+    def finish(self) -> None:
+        """After tracing: give each module kept as a call, with patched modules inside, an
+        :class:`~fxpass.reading.EagerForward`, and those modules their read plans."""
+        done: set[int] = set()
+        for module, inside in self.eager_calls:
+            for patched in inside:
+                keep_reads(patched.shell, patched.stack, patched.transforms)
+            if id(module) not in done:
+                done.add(id(module))
+                install_eager_forward(module)

@@ -95,3 +95,40 @@ def assert_state_equal(runtime: nn.Module, compiled: nn.Module) -> None:
     assert list(state) == list(state2)
     for key in state:
         assert same(state[key], state2[key]), key
+
+
+def halve(w: torch.Tensor) -> torch.Tensor:
+    """An importable pure transform."""
+    return w / 2
+
+
+class Counting(nn.Module):
+    """A stateful transform: every call moves a counter, which shifts the result, so a transform
+    evaluated once too often or too rarely shows in the output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return w * (1.0 + 0.125 * self.calls.to(w.dtype))
+
+
+def steps_side_by_side(
+    runtime: nn.Module, compiled: nn.Module, inputs: tuple[Any, ...], modes: tuple[str, ...] = ("train", "eval", "train")
+) -> None:
+    """One SGD step of each model per mode: outputs, gradients and state bitwise equal."""
+    for step, mode in enumerate(modes):
+        runtime.train(mode == "train")
+        compiled.train(mode == "train")
+        out, out2 = forward(runtime, inputs, step), forward(compiled, inputs, step)
+        assert torch.equal(out, out2), (step, mode)
+        assert out.requires_grad == out2.requires_grad
+        if out.requires_grad:  # (a forward that reads no weight has nothing to train)
+            out.square().mean().backward()
+            out2.square().mean().backward()
+        assert_grads_equal(runtime, compiled)
+        sgd_step(runtime)
+        sgd_step(compiled)
+        assert_state_equal(runtime, compiled)

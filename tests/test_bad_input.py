@@ -15,7 +15,6 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 
 import fxpass
-from fxpass import zoo
 from fxpass.cli import main
 from imitation_runtime import errors as runtime_errors
 from imitation_runtime import imitate, unimitate
@@ -53,15 +52,6 @@ class Sneaky(nn.Linear):
     @property
     def weight(self) -> torch.Tensor:  # type: ignore[override]
         return self._parameters["weight"] * 3
-
-
-class ReadsTwice(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(3, 3))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.dropout(x @ self.weight, 0.1, self.training) + self.weight.sum()
 
 
 def _sneaky() -> nn.Module:
@@ -124,9 +114,6 @@ CASES = [
          RuntimeError, ("ReadsMode", "self.training", "submodule")),
     Case("compile-class-patch-reading-parameters-directly", _sneaky, fxpass.compile,
          ValueError, ("0 (Sneaky)", "module._parameters", "constant", "imitation_runtime.imitate")),
-    Case("compile-stateful-transform-read-twice-in-kept-call",
-         lambda: nn.Sequential(imitate(ReadsTwice(), "scale", zoo.LearnedScale())), fxpass.compile,
-         ValueError, ("0 (ReadsTwice)", "reads 0.weight 2 times", "stateful")),
     Case("compile-bad-scope", lambda: nn.Linear(2, 2), lambda m: fxpass.compile(m, scope="layer"),
          TypeError, ("scope", "'layer'")),
     Case("freeze-not-a-module", lambda: "model.pt", fxpass.freeze, TypeError, ("freeze", "str")),

@@ -203,8 +203,9 @@ def test_input_model_untouched(entry: zoo.ZooEntry) -> None:
     ("name", "counts", "kept"),
     [
         ("mlp", {"inlined": 4, "module": 0, "opaque": 0}, []),
-        ("cnn_bn", {"inlined": 6, "module": 0, "opaque": 0}, ["bn1"]),
-        ("transformer", {"inlined": 8, "module": 0, "opaque": 0}, ["attn"]),
+        # (a kept call's patched tensors are read inside it, not rewritten into the graph)
+        ("cnn_bn", {"inlined": 4, "module": 0, "opaque": 0}, ["bn1"]),
+        ("transformer", {"inlined": 6, "module": 0, "opaque": 0}, ["attn"]),
         ("two_reads", {"inlined": 1, "module": 2, "opaque": 0}, []),
         ("called_twice", {"inlined": 2, "module": 2, "opaque": 0}, []),
         ("untraceable", {"inlined": 2, "module": 0, "opaque": 2}, []),
@@ -220,12 +221,16 @@ def test_record_says_how_each_transform_was_emitted(name: str, counts, kept) -> 
     assert "module" in table and "how" in table
 
 
-def test_transformer_keeps_attention_as_a_call_with_out_proj_passed_in() -> None:
+def test_transformer_keeps_attention_as_a_call_reading_out_proj_inside() -> None:
     model, _ = zoo.get("transformer").build()
-    record = fxpass.record_of(fxpass.compile(model))
-    (kept,) = record.kept_calls
+    gm = fxpass.compile(model)
+    (kept,) = fxpass.record_of(gm).kept_calls
     assert kept.overrides == ("out_proj.weight", "out_proj.bias")
     assert "cannot be traced" in kept.reason
+    # one plain call of the module, which reads its projection's patched tensors itself
+    assert [n.target for n in gm.graph.nodes if n.op == "call_module" and n.target.startswith("attn")] == ["attn"]
+    assert fxpass.reading.has_eager_forward(gm.get_submodule("attn"))
+    assert fxpass.reading.reads_exactly(gm.get_submodule("attn.out_proj"))
 
 
 def test_plain_symbolic_trace_freezes_the_weight_but_compile_keeps_the_parameter() -> None:

@@ -28,6 +28,7 @@ import torch.nn as nn
 
 import fxpass
 from fxpass import corpus
+from fxpass.ops import CompiledGraphModule
 from fxpass.parity import default_loss
 from fxpass.testing import assert_outputs_equal
 from imitation_runtime import is_imitated
@@ -242,21 +243,42 @@ def test_parity_check_passes_with_the_cache_on(entry: corpus.CorpusEntry) -> Non
 # -- the corpus table of the module-scope guide -----------------------------------------------------
 
 
-def corpus_row(entry: corpus.CorpusEntry) -> tuple[str, ...]:
+def parts_called_eagerly(compiled: nn.Module, inputs: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> set[str]:
+    """The compiled parts whose graph the example call does not run: they are called with
+    arguments their graph was not traced for, and run their own forward eagerly instead."""
+    paths = {id(m): name for name, m in compiled.named_modules()}
+    called: set[str] = set()
+    eager = CompiledGraphModule._fxpass_eager
+
+    def spy(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        called.add(paths[id(self)])
+        return eager(self, *args, **kwargs)
+
+    monkeypatch.setattr(CompiledGraphModule, "_fxpass_eager", spy)
+    compiled.eval()
+    with torch.no_grad():
+        compiled(**inputs)
+    monkeypatch.undo()
+    return called
+
+
+def corpus_row(entry: corpus.CorpusEntry, monkeypatch: pytest.MonkeyPatch) -> tuple[str, ...]:
     """The guide's row for ``entry``: what the compile made of it, and whether it exported."""
-    model, compiled, _ = pair(entry)
+    model, compiled, inputs = pair(entry)
     record = fxpass.scope_record(compiled)
     patched = sum(1 for m in model.modules() if is_imitated(m))
     eager = sorted({type(compiled.get_submodule(e.module)).__name__ for e in record.eager})
+    graphs = len(record.parts) - len(parts_called_eagerly(compiled, inputs, monkeypatch))
     exported = "torch.export, ONNX" if entry.name in ONNX else "torch.export"
-    return (entry.name, entry.kind, str(patched), str(len(record.parts)), ", ".join(eager), exported)
+    return (entry.name, entry.kind, str(patched), f"{len(record.parts)} ({graphs})", ", ".join(eager), exported)
 
 
-def test_the_corpus_table_of_the_guide_is_what_the_compile_does() -> None:
-    """Every row: architecture, kind, patched modules, compiled parts, the classes that run
-    eagerly, and the export targets the tests above check."""
+def test_the_corpus_table_of_the_guide_is_what_the_compile_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every row: architecture, kind, patched modules, compiled parts (and how many of their
+    graphs the example call runs), the classes that run eagerly, and the export targets the
+    tests above check."""
     text = GUIDE.read_text()
-    rows = re.findall(r"^\| `(\w+)` \| ([\w-]+) \| (\d+) \| (\d+) \| ([^|]*) \| ([^|]*) \|$", text, re.M)
+    rows = re.findall(r"^\| `(\w+)` \| ([\w-]+) \| (\d+) \| (\d+ \(\d+\)) \| ([^|]*) \| ([^|]*) \|$", text, re.M)
     shown = {row[0]: tuple(cell.strip() for cell in row) for row in rows}
-    expected = {entry.name: corpus_row(entry) for entry in corpus.entries()}
+    expected = {entry.name: corpus_row(entry, monkeypatch) for entry in corpus.entries()}
     assert shown == expected

@@ -25,30 +25,13 @@ import fxpass
 from fxpass import reading
 from imitation_runtime import imitate
 from tests.support import (
-    assert_grads_equal,
+    Counting,
     assert_same_snapshot,
-    assert_state_equal,
-    forward,
     graph_modules,
-    sgd_step,
+    halve,
     snapshot,
+    steps_side_by_side,
 )
-
-
-def halve(w: torch.Tensor) -> torch.Tensor:
-    return w / 2
-
-
-class Counting(nn.Module):
-    """A stateful transform: every call moves a counter, which shifts the result."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
-
-    def forward(self, w: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        return w * (1.0 + 0.125 * self.calls.to(w.dtype))
 
 
 def compile_modules(model: nn.Module) -> nn.Module:
@@ -58,21 +41,6 @@ def compile_modules(model: nn.Module) -> nn.Module:
     compiled = fxpass.compile(copied, scope="module")
     assert_same_snapshot(before, snapshot(copied))
     return compiled
-
-
-def steps_side_by_side(runtime: nn.Module, compiled: nn.Module, inputs: tuple, modes=("train", "eval", "train")) -> None:
-    """One SGD step per mode: outputs, gradients and state bitwise equal at every step."""
-    for step, mode in enumerate(modes):
-        runtime.train(mode == "train")
-        compiled.train(mode == "train")
-        out, out2 = forward(runtime, inputs, step), forward(compiled, inputs, step)
-        assert torch.equal(out, out2), (step, mode)
-        out.square().mean().backward()
-        out2.square().mean().backward()
-        assert_grads_equal(runtime, compiled)
-        sgd_step(runtime)
-        sgd_step(compiled)
-        assert_state_equal(runtime, compiled)
 
 
 def round_trip(model: nn.Module) -> nn.Module:
