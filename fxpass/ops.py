@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import pickle
 from typing import Any, Callable, Iterator
 
@@ -26,6 +27,7 @@ __all__ = [
     "LoadTracer",
     "Opaque",
     "call_with_overrides",
+    "parametrized",
     "part_class",
     "picklable_by_reference",
 ]
@@ -99,6 +101,32 @@ def call_with_overrides(
                 namespace.pop(attribute, None)
             else:
                 namespace[attribute] = previous
+
+
+def parametrized(parametrization: nn.Module, *originals: Any) -> Any:
+    """The value of a parametrized tensor: ``parametrization()``, once per
+    ``torch.nn.utils.parametrize.cached()`` block or at every call outside one, as torch's own
+    property computes it (:func:`fxpass.reading.evaluate_parametrization`).
+
+    The graph calls this for each read of a parametrized tensor, with the parametrization's
+    ``ParametrizationList`` and its original tensors: when torch.fx re-traces the generated code
+    (unpickling) the originals are proxies, and the call is recorded again, not evaluated.
+
+    Example:
+        >>> import torch, torch.nn as nn
+        >>> from torch.nn.utils import parametrize
+        >>> class Twice(nn.Module):
+        ...     def forward(self, w):
+        ...         return 2 * w
+        >>> lin = parametrize.register_parametrization(nn.Linear(2, 2), "weight", Twice())
+        >>> plist = lin.parametrizations.weight
+        >>> torch.equal(parametrized(plist, plist.original), lin.weight)
+        True
+    """
+    proxy = next((o for o in originals if isinstance(o, torch.fx.Proxy)), None)
+    if proxy is not None:
+        return proxy.tracer.create_proxy("call_function", parametrized, (parametrization, *originals), {})
+    return reading.evaluate_parametrization(parametrization)
 
 
 def picklable_by_reference(fn: Callable) -> bool:
@@ -314,6 +342,7 @@ class CompiledGraphModule(torch.fx.GraphModule):
             return base.forward(self, *args, **kwargs)
 
     def __reduce__(self) -> tuple[Any, ...]:
+        _check_transform_modules_pickle(self)
         # torch.fx re-traces the pickled code on load: it must read attributes, so that each read
         # of a tensor becomes a get_attr node again (a dict walk would hand the tracer the raw
         # tensor, and the transforms after it would run once and become constants).
@@ -362,6 +391,37 @@ class CompiledGraphModule(torch.fx.GraphModule):
             preserved=extras,
             codegen=_plain_codegen(self.graph),
         )
+
+
+class _TensorlessPickler(pickle.Pickler):
+    """Pickles everything but tensors, which always pickle (only what surrounds them is checked)."""
+
+    def persistent_id(self, obj: Any) -> Any:
+        return id(obj) if isinstance(obj, torch.Tensor) else None
+
+
+def _check_transform_modules_pickle(gm: torch.fx.GraphModule) -> None:
+    """Name the transform module that stops a compiled model from pickling.
+
+    Raises:
+        pickle.PicklingError: a transform module (its Python state) cannot be pickled.
+    """
+    record = gm.__dict__.get("_fxpass_record")
+    targets = dict.fromkeys(
+        f"{r.module}.{r.transform}".lstrip(".") for r in getattr(record, "rewrites", ()) if r.how == "module"
+    )
+    for target in targets:
+        try:
+            module = gm.get_submodule(target)
+            _TensorlessPickler(io.BytesIO()).dump(module)
+        except AttributeError:
+            continue  # (not a module of the tree any more)
+        except Exception as error:  # noqa: BLE001 - any failure: say which module
+            raise pickle.PicklingError(
+                f"{target} ({type(module).__name__}): this transform module cannot be pickled "
+                f"({type(error).__name__}: {error}); keep its state in tensors and importable "
+                "objects (fxpass pickles local functions by value already)"
+            ) from error
 
 
 def _fast_codegen(graph: torch.fx.Graph) -> torch.fx.graph.CodeGen:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import sys
 from typing import Callable, Literal
 
 import torch.nn as nn
@@ -117,15 +118,24 @@ def _layer_of(cls: type, module: nn.Module) -> Layer | None:
     return None
 
 
+def _importable(cls: type) -> bool:
+    """Whether pickle finds ``cls`` by its module and qualified name."""
+    found: object = sys.modules.get(cls.__module__)
+    for step in cls.__qualname__.split("."):
+        found = getattr(found, step, None)
+    return found is cls
+
+
 def _is_dynamic_override(cls: type, module: nn.Module) -> str | None:
-    """The name of a tensor attribute that an unrecognised local class overrides, if any."""
-    if "<locals>" not in cls.__qualname__:
+    """The name of a tensor attribute that a class pickle cannot find by name (one made at run
+    time: a class patch) overrides with a data descriptor, if any."""
+    own = cls.__dict__
+    if "_fxpass_plain" in own or "_fxpass_base" in own:  # fxpass's own classes
         return None
-    names = set(module._parameters) | set(module._buffers) | set(IMITATED_ATTRIBUTES)
-    for name in names:
-        if inspect.isdatadescriptor(cls.__dict__.get(name)):
-            return name
-    return None
+    names = [n for n in (*module._parameters, *module._buffers, *IMITATED_ATTRIBUTES) if inspect.isdatadescriptor(own.get(n))]
+    if not names or _importable(cls):
+        return None
+    return names[0]
 
 
 def find_patch_stack(module: nn.Module, path: str = "") -> PatchStack | None:
@@ -169,8 +179,8 @@ def find_patch_stack(module: nn.Module, path: str = "") -> PatchStack | None:
             raise UnsupportedPatchError(
                 f"{where} ({base.__name__}): class {cls.__qualname__} from {cls.__module__} "
                 f"overrides {overridden!r} with a property but is not a patch fxpass knows "
-                "(imitation_runtime.imitate, qsparse's imitate, torch parametrize); apply the "
-                "transform with imitation_runtime.imitate instead"
+                "(imitation_runtime.imitate, qsparse's imitate, torch parametrize), and pickle "
+                "cannot find it by name; apply the transform with imitation_runtime.imitate instead"
             )
     if not layers:
         return None

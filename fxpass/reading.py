@@ -47,6 +47,7 @@ __all__ = [
     "ReadLayer",
     "ReadPlan",
     "eager_reads",
+    "evaluate_parametrization",
     "has_eager_forward",
     "install_eager_forward",
     "class_defined",
@@ -146,19 +147,23 @@ def _raw(module: nn.Module, attribute: str, from_class: bool) -> Any:
     return tensor
 
 
-def _parametrized(module: nn.Module, attribute: str) -> Any:
-    """``parametrizations[attribute]()``, honouring ``parametrize.cached()`` as torch's property
-    does (one evaluation per tensor per ``cached()`` block)."""
-    parametrization = module._modules["parametrizations"][attribute]  # type: ignore[index]
+def evaluate_parametrization(parametrization: nn.Module) -> Any:
+    """``parametrization()`` (a ``ParametrizationList``), honouring ``parametrize.cached()`` as
+    torch's property does: inside a ``cached()`` block one evaluation per parametrized tensor,
+    outside one per read. Graphs and eager reads share the cache entry, keyed by the list."""
     if getattr(_parametrize, "_cache_enabled", 0):
         cache = _parametrize._cache
-        key = (id(module), attribute)
+        key = (id(parametrization), None)  # (torch's own keys are (id(module), name))
         tensor = cache.get(key)
         if tensor is None:
             tensor = parametrization()
             cache[key] = tensor
         return tensor
     return parametrization()
+
+
+def _parametrized(module: nn.Module, attribute: str) -> Any:
+    return evaluate_parametrization(module._modules["parametrizations"][attribute])  # type: ignore[index]
 
 
 def read_value(module: nn.Module, attribute: str) -> Any:

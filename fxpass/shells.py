@@ -16,9 +16,10 @@ from collections import OrderedDict
 from typing import Any, Callable, Iterable
 
 import torch.nn as nn
+from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.modules.module import _WrappedHook
 
-from fxpass.errors import UnsupportedPatchError
+from fxpass.errors import InvalidModelError, UnsupportedPatchError
 from fxpass.ops import ByValue, picklable_by_reference
 from fxpass.patches import PatchStack, find_patch_stack, join_path
 from fxpass.reading import PLAN, ReadLayer, ReadPlan, class_defined, reading_class
@@ -225,6 +226,46 @@ def has_patch(module: nn.Module) -> bool:
     return any(find_patch_stack(m, name) is not None for name, m in module.named_modules())
 
 
+def _refuse_lazy(module: nn.Module, path: str) -> None:
+    """A lazy module before its first forward materializes its parameters, and changes its class,
+    in a forward pre-hook: traced, that would happen on proxies (and to the input model)."""
+    if isinstance(module, LazyModuleMixin) and module.has_uninitialized_params():
+        where = path or "the model"
+        raise InvalidModelError(
+            f"{where} ({type(module).__name__}) has uninitialized parameters (a lazy module before its "
+            "first forward); run the model once on an example input before compiling it"
+        )
+
+
+def _picklable_copy(module: nn.Module, memo: dict[int, nn.Module]) -> nn.Module:
+    """``module``, or where some module of its tree holds a function plain pickle cannot save (a
+    lambda a LoRA parametrization keeps, say) a copy of that tree down to it, sharing tensors and
+    every other module, with those functions wrapped to pickle by value. The copy's Python
+    attributes are its own from then on; its tensors are shared."""
+    key = id(module)
+    if key in memo:
+        return memo[key]
+    memo[key] = module  # (guards against cycles)
+    children = {name: _picklable_copy(child, memo) for name, child in module._modules.items() if child is not None}
+    namespace = module.__dict__
+    local = [name for name, value in namespace.items() if _local(value) or _unpicklable_lambda(value)]
+    local_hooks = any(
+        _local(getattr(hook, "hook", hook)) for hooks in _hook_containers(namespace) for hook in hooks.values()
+    )
+    if not local and not local_hooks and all(children[name] is module._modules[name] for name in children):
+        return module
+    copied = copy_module(module)
+    for name in local:
+        copied.__dict__[name] = ByValue(copied.__dict__[name])
+    copied._modules.update(children)
+    memo[key] = copied
+    return copied
+
+
+def _unpicklable_lambda(value: Any) -> bool:
+    return isinstance(value, types.FunctionType) and value.__name__ == "<lambda>" and not picklable_by_reference(value)
+
+
 def build_shells(model: nn.Module, *, keep_transforms: bool = False) -> ShellTree:
     """Copy ``model``'s tree as described in the module docstring; ``model`` is not modified.
 
@@ -240,6 +281,7 @@ def build_shells(model: nn.Module, *, keep_transforms: bool = False) -> ShellTre
         if key in patched_below:
             return patched_below[key]
         first_path[key] = path
+        _refuse_lazy(module, path)
         stack = find_patch_stack(module, path)
         stacks[key] = stack
         patched_below[key] = False  # guards against cycles
@@ -256,6 +298,7 @@ def build_shells(model: nn.Module, *, keep_transforms: bool = False) -> ShellTre
     patched: dict[int, Patched] = {}
     paths: dict[int, str] = {}
     memo: dict[int, nn.Module] = {}
+    picklable: dict[int, nn.Module] = {}  # the memo of _picklable_copy
 
     def build(module: nn.Module, *, as_transform: bool = False) -> nn.Module:
         key = id(module)
@@ -269,11 +312,11 @@ def build_shells(model: nn.Module, *, keep_transforms: bool = False) -> ShellTre
                     f"{path}: a transform module that is itself patched, or holds a patched "
                     "module, is not supported; patch the tensors it transforms instead"
                 )
-            memo[key] = module
-            return module
+            memo[key] = _picklable_copy(module, picklable)
+            return memo[key]
         if stack is None and not patched_below[key] and is_default_leaf(type(module)):
-            memo[key] = module
-            return module
+            memo[key] = _picklable_copy(module, picklable)
+            return memo[key]
         shell, transforms = shell_of(module, stack, path, keep_transforms=keep_transforms)
         transform_names = transforms.keys()
         memo[key] = shell

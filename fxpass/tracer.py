@@ -16,13 +16,16 @@ import contextlib
 import contextvars
 import dataclasses
 import inspect
+import weakref
 from typing import Any, Callable, Iterator
 
 import torch
 import torch.fx
 import torch.nn as nn
+from torch.nn.utils import parametrize as _parametrize
 
 from fxpass.errors import FxpassError, UnsupportedPatchError, UntraceableModelError
+from fxpass.ops import Opaque, parametrized
 from fxpass.patches import join_path
 from fxpass.reading import install_eager_forward
 from fxpass.record import KeptCall, Rewrite
@@ -53,6 +56,21 @@ _CALL_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_back
 _ACTIVE: contextvars.ContextVar[PatchTracer | None] = contextvars.ContextVar("fxpass_tracer", default=None)
 
 
+class _CachedInsideTrace(UntraceableModelError):
+    """A parametrized tensor is read inside a ``parametrize.cached()`` block that the forward of
+    ``module`` entered while being traced: the graph would not enter it at run time (it would
+    evaluate the parametrization at every read), so ``module`` is kept as a call (for the model
+    itself: it is not traced)."""
+
+    def __init__(self, message: str, module: nn.Module) -> None:
+        super().__init__(message)
+        self.module = module
+
+
+def _cache_level() -> int:
+    return getattr(_parametrize, "_cache_enabled", 0)
+
+
 @dataclasses.dataclass
 class _Scope:
     """One module forward being traced."""
@@ -60,6 +78,8 @@ class _Scope:
     module: nn.Module
     path: str
     reads_training: bool = False
+    #: parametrize.cached() nesting when its forward started
+    cache_level: int = dataclasses.field(default_factory=_cache_level)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +89,62 @@ class _Mark:
     kept: int
     inlined: int
     eager_calls: int
+
+
+_MISSING = object()
+
+
+# The attributes torch.fx itself sets on the root while tracing: the graph's constants.
+_TRACER_ATTRIBUTES = ("_tensor_constant", "_torchbind_obj")
+
+
+def _restore_namespace(namespace: dict[str, Any], before: dict[str, Any]) -> None:
+    """Put a module's ``__dict__`` back as it was, but for torch.fx's constants (the containers
+    themselves are kept: their contents are the tree's, edited on purpose)."""
+    for name in [n for n in namespace if n not in before and not n.startswith(_TRACER_ATTRIBUTES)]:
+        del namespace[name]
+    for name, value in before.items():
+        if namespace.get(name, _MISSING) is not value:
+            namespace[name] = value
+
+
+class _Provenance(torch.overrides.TorchFunctionMode):
+    """While tracing, the real tensors computed from the tree's parameters and buffers.
+
+    torch.fx records operations on proxies; an operation on a real parameter (reached through
+    ``module._parameters``, say) runs eagerly, and its result would become a constant of the
+    graph: frozen, and silently so when it needs no gradient. Such results are noted here, so
+    the tracer can refuse them.
+    """
+
+    def __init__(self, sources: list[torch.Tensor]) -> None:
+        super().__init__()
+        self._derived: dict[int, weakref.ref] = {id(t): weakref.ref(t) for t in sources}
+
+    def derived(self, tensor: torch.Tensor) -> bool:
+        """Whether ``tensor`` was computed (while tracing) from a parameter or buffer."""
+        ref = self._derived.get(id(tensor))
+        return ref is not None and ref() is tensor
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if any(isinstance(a, torch.Tensor) and self.derived(a) for a in _leaves((args, kwargs))):
+            for value in _leaves(out):
+                if isinstance(value, torch.Tensor):
+                    self._derived[id(value)] = weakref.ref(value)
+        return out
+
+
+def _leaves(value: Any) -> Iterator[Any]:
+    if isinstance(value, (tuple, list)):
+        for item in value:
+            yield from _leaves(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _leaves(item)
+    else:
+        yield value
 
 
 def _get_training(self: nn.Module) -> bool:
@@ -135,6 +211,7 @@ class PatchTracer(torch.fx.Tracer):
         self.eager_calls: list[tuple[nn.Module, tuple[Patched, ...]]] = []
         self._scopes: list[_Scope] = []
         self._tensor_names: dict[int, str] = {}
+        self._provenance = _Provenance([])
         #: transform function id -> its recorded trace (see fxpass.transforms.TransformTrace)
         self.transform_traces: dict[int, TransformTrace] = {}
 
@@ -147,10 +224,13 @@ class PatchTracer(torch.fx.Tracer):
         for name, tensor in [*root.named_parameters(), *root.named_buffers()]:
             self._tensor_names.setdefault(id(tensor), name)
         scope = _Scope(root, "")
-        with self._dressed(), refuse_autograd_functions():
+        self._provenance = _Provenance([*root.parameters(), *root.buffers()])
+        with self._dressed(), refuse_autograd_functions(), self._provenance:
             self._scopes.append(scope)
             try:
                 graph = self.trace(root, concrete_args)
+            except _CachedInsideTrace as error:  # the model itself entered the cached() block
+                raise UntraceableModelError(str(error)).because(error.reason or "") from None
             except FxpassError:
                 raise
             except Exception as error:
@@ -178,20 +258,28 @@ class PatchTracer(torch.fx.Tracer):
 
     @contextlib.contextmanager
     def _dressed(self) -> Iterator[None]:
-        """Give every shell its tracing class for the duration of the trace."""
-        dressed: list[tuple[nn.Module, type]] = []
+        """Give every shell its tracing class for the duration of the trace; afterwards, its
+        class and its attributes are as they were.
+
+        What the traced code set on a shell (a forward pre-hook of ``torch.nn.utils.prune`` or of
+        the legacy ``weight_norm`` assigns the recomputed weight, a proxy while tracing; a lazy
+        module its shapes) is recorded in the graph, where it happens at every call; on the
+        compiled model the attributes keep the values they had before the trace.
+        """
+        dressed: list[tuple[nn.Module, type, dict[str, Any]]] = []
         active = _ACTIVE.set(self)
         try:
             for key, shell in self.tree.shells.items():
                 patched = self.tree.patched.get(key)
                 attributes = patched.stack.attributes if patched is not None else ()
-                dressed.append((shell, type(shell)))
+                dressed.append((shell, type(shell), dict(shell.__dict__)))
                 # (object.__setattr__: nn.Module's would first look for a parameter "__class__")
                 object.__setattr__(shell, "__class__", _tracing_class(type(shell), attributes))
             yield
         finally:
-            for shell, cls in dressed:
+            for shell, cls, before in dressed:
                 object.__setattr__(shell, "__class__", cls)
+                _restore_namespace(shell.__dict__, before)
             _ACTIVE.reset(active)
 
     # -- rollback ----------------------------------------------------------------------------
@@ -238,18 +326,18 @@ class PatchTracer(torch.fx.Tracer):
             name = self._tensor_names.get(id(a))
             if name is not None:
                 return self.create_node("get_attr", name, (), {})
-            if a.grad_fn is not None:
+            if a.grad_fn is not None or self._provenance.derived(a):
                 # Computed eagerly from a parameter that torch.fx did not see being read (say,
                 # through module._parameters): as a constant it would freeze the value and cut
                 # the gradient, the very bug of plain symbolic_trace on patched modules.
                 scope = self._scopes[-1] if self._scopes else None
                 where = f"{scope.path} ({type(scope.module).__name__})" if scope and scope.path else "the model"
+                how = f"a {a.grad_fn.name()} result" if a.grad_fn is not None else "computed while tracing"
                 raise UnsupportedPatchError(
-                    f"{where}: a tensor computed from parameters outside torch.fx's view (a "
-                    f"{a.grad_fn.name()} result; does a property or forward read "
-                    "module._parameters directly?) would be frozen into the graph as a constant; "
-                    "read tensors as attributes, or apply the transform with "
-                    "imitation_runtime.imitate"
+                    f"{where}: a tensor computed from parameters or buffers outside torch.fx's "
+                    f"view ({how}; does a property or forward read module._parameters directly?) "
+                    "would be frozen into the graph as a constant; read tensors as attributes, or "
+                    "apply the transform with imitation_runtime.imitate"
                 )
         return super().create_arg(a)
 
@@ -281,6 +369,10 @@ class PatchTracer(torch.fx.Tracer):
         self._scopes.append(scope)
         try:
             out = forward(*args, **kwargs)  # a shell is traced through (hooks included)
+        except _CachedInsideTrace as error:
+            if error.module is not m:
+                raise  # a module around m entered the cached() block: that one is kept
+            failure = error
         except FxpassError:
             raise
         except Exception as error:  # noqa: BLE001 - an untraceable forward is kept as a call
@@ -290,7 +382,9 @@ class PatchTracer(torch.fx.Tracer):
         if failure is None and not scope.reads_training:
             return out
         self.rollback(mark)
-        if failure is not None:
+        if isinstance(failure, _CachedInsideTrace):
+            reason = failure.reason or str(failure)
+        elif failure is not None:
             reason = f"its forward cannot be traced ({type(failure).__name__}: {failure})"
         else:
             reason = "its forward reads self.training"
@@ -318,8 +412,17 @@ class PatchTracer(torch.fx.Tracer):
         layer = layers[index]
         transform = layer.transform_attribute(attribute)
         if layer.kind == "parametrize":
+            self._check_cache_level(patched)
             mark = self.mark()
-            out = self.create_proxy("call_module", join_path(patched.path, transform), (), {})
+            target = join_path(patched.path, transform)
+            plist = patched.shell.get_submodule(transform)
+            originals = [
+                self.create_proxy("get_attr", join_path(target, name), (), {})
+                for name in (*plist._parameters, *plist._buffers)
+                if name.startswith("original")
+            ]
+            module = self.create_proxy("get_attr", target, (), {})
+            out = self.create_proxy("call_function", parametrized, (module, *originals), {})
             self._record(patched, attribute, transform, "module", mark)
             return out
         previous = self._value(patched, attribute, index - 1)
@@ -329,6 +432,22 @@ class PatchTracer(torch.fx.Tracer):
         out, how = emit_transform(self, patched, transform, previous)
         self._record(patched, attribute, transform, how, mark)
         return out
+
+    def _check_cache_level(self, patched: Patched) -> None:
+        """Refuse to trace a read inside a ``parametrize.cached()`` block that a forward being
+        traced entered (see :class:`_CachedInsideTrace`)."""
+        level = _cache_level()
+        entered = next((scope for scope in reversed(self._scopes) if scope.cache_level < level), None)
+        if entered is None:
+            return
+        where = f"{entered.path} ({type(entered.module).__name__})" if entered.path else f"the model ({type(entered.module).__name__})"
+        reason = "its forward enters parametrize.cached()"
+        raise _CachedInsideTrace(
+            f"{where}: {reason} and reads the parametrized {patched.path or 'model'} inside it; a "
+            "graph would evaluate the parametrization at every read; compile with scope='module', "
+            "or enter parametrize.cached() around the call of the model instead",
+            entered.module,
+        ).because(reason)
 
     def _record(self, patched: Patched, attribute: str, transform: str, how: str, mark: _Mark) -> None:
         nodes = tuple(node.name for node in self.nodes_since(mark))
@@ -382,7 +501,15 @@ class PatchTracer(torch.fx.Tracer):
 
     def finish(self) -> None:
         """After tracing: give each module kept as a call, with patched modules inside, an
-        :class:`~fxpass.reading.EagerForward`, and those modules their read plans."""
+        :class:`~fxpass.reading.EagerForward`, and those modules their read plans. A transform
+        function made opaque is the ``Opaque`` module of the tree now: it leaves the shell's
+        attributes (where module scope keeps the functions for eager reads), which would shadow
+        the module."""
+        for patched in self.tree.patched.values():
+            namespace = patched.shell.__dict__
+            for name, child in namespace["_modules"].items():
+                if isinstance(child, Opaque):
+                    namespace.pop(name, None)
         done: set[int] = set()
         for module, inside in self.eager_calls:
             for patched in inside:

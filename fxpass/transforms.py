@@ -113,11 +113,7 @@ def emit_transform(
 def _opaque(
     tracer: PatchTracer, patched: Patched, transform: str, thing: Callable[..., Any], value: Any
 ) -> tuple[Any, How]:
-    shell = patched.shell
-    shell._modules[transform] = Opaque(thing)
-    # A function kept for eager reads (module scope) would shadow the module: the Opaque, found
-    # through nn.Module's lookup, is what eager code calls now (the same function).
-    shell.__dict__.pop(transform, None)
+    patched.shell._modules[transform] = Opaque(thing)
     target = join_path(patched.path, transform)
     return tracer.create_proxy("call_module", target, (value,), {}), "opaque"
 

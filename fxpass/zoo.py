@@ -320,6 +320,147 @@ class Branchy(nn.Module):
         return self.other(h)
 
 
+class SpectralNormed(nn.Module):
+    """spectral_norm: a parametrization whose state (the power iteration's ``_u``, ``_v``
+    buffers) moves at every evaluation in training and stays in eval."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = parametrizations.spectral_norm(nn.Linear(6, 6))
+        self.fc2 = imitate(nn.Linear(6, 3), "clip", soft_clip)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.tanh(self.fc1(x)))
+
+
+class CachedTwice(nn.Module):
+    """Reads a spectral-normed weight twice inside ``parametrize.cached()``: one evaluation of the
+    parametrization for both reads. fxpass keeps it as a call (its graph would not enter the
+    block at run time)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = parametrizations.spectral_norm(nn.Linear(6, 6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with parametrize.cached():
+            return self.fc(torch.tanh(self.fc(x)))
+
+
+class Cached(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = CachedTwice()
+        self.head = imitate(nn.Linear(6, 3), "halve", scaled(0.5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(x))
+
+
+class Sparsified(nn.Module):
+    """torch.ao.pruning's WeightNormSparsifier: a FakeSparsity parametrization whose mask buffer
+    ``sparsifier.step()`` sets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from torch.ao.pruning import WeightNormSparsifier
+
+        self.body = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), imitate(nn.Linear(8, 4), "clip", soft_clip))
+        sparsifier = WeightNormSparsifier(sparsity_level=0.5, sparse_block_shape=(1, 4), zeros_per_block=4)
+        sparsifier.prepare(self.body, config=[{"tensor_fqn": "0.weight"}])
+        sparsifier.step()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class Dense(nn.Module):
+    """A user layer (traced through), with its own weight and bias."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(features, features) / features**0.5)
+        self.bias = nn.Parameter(torch.zeros(features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+def _detach_pruned_weight(module: nn.Module, args: object, output: object) -> None:
+    # torch cannot deep-copy a pruned module whose recomputed weight needs a gradient; the
+    # forward pre-hook recomputes it at the next call anyway.
+    module.weight = module.weight.detach()
+
+
+class Pruned(nn.Module):
+    """torch.nn.utils.prune: a forward pre-hook recomputes ``weight = weight_orig * weight_mask``
+    and assigns it, on a user layer (traced through: the hook runs on proxies while tracing) and
+    on a Linear (a leaf: the hook runs at every call)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from torch.nn.utils import prune
+
+        self.dense = prune.l1_unstructured(Dense(6), "weight", amount=0.5)
+        self.fc = prune.random_unstructured(nn.Linear(6, 6), "weight", amount=0.3)
+        self.head = imitate(nn.Linear(6, 3), "clip", soft_clip)
+        for layer in (self.dense, self.fc):
+            _detach_pruned_weight(layer, (), None)
+            layer.register_forward_hook(_detach_pruned_weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.fc(self.dense(x))))
+
+
+class LoRA(nn.Module):
+    """A LoRA parametrization as minLoRA writes it: ``W + B A`` scaled, with a dropout function
+    held as a lambda (plain pickle cannot save it; the compiled model pickles it by value)."""
+
+    def __init__(self, features: int, rank: int = 2) -> None:
+        super().__init__()
+        self.lora_A = nn.Parameter(torch.randn(rank, features) * 0.1)
+        self.lora_B = nn.Parameter(torch.randn(features, rank) * 0.1)
+        self.scale = 0.5
+        self.dropout_fn = lambda x: x
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w + self.scale * (self.lora_B @ self.dropout_fn(self.lora_A))
+
+
+class WithLoRA(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+        parametrize.register_parametrization(self.fc, "weight", LoRA(6))
+        self.head = imitate(nn.Linear(6, 3), "halve", scaled(0.5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.fc(x)))
+
+
+class ModeScaled(nn.Module):
+    """A user module whose forward reads ``self.training``: fxpass must notice the read and keep it
+    as a call (tracing it would fix its scale to the mode at compile time)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = imitate(nn.Linear(6, 6), "clip", soft_clip)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.fc(x)
+        return y * 0.5 if self.training else y + 1
+
+
+class ModeReading(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = ModeScaled()
+        self.head = imitate(nn.Linear(6, 3), "halve", scaled(0.5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(x))
+
+
 def _seeded(cls: type[nn.Module], *shape: int, tokens: int | None = None) -> Callable:
     def build() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
         generator = torch.Generator().manual_seed(0)
@@ -350,6 +491,12 @@ ZOO: tuple[ZooEntry, ...] = (
     ZooEntry("parametrized", _seeded(Parametrized, 3, 6), "parametrize: custom, orthogonal, weight_norm"),
     ZooEntry("qsparse", _seeded(QsparseNet, 2, 3, 6, 6), "qsparse quantize(prune(conv))", ("qsparse",), True),
     ZooEntry("branchy", _seeded(Branchy, 2, 3, 8, 8), "data-dependent top level (module scope)", scope="module"),
+    ZooEntry("spectral_norm", _seeded(SpectralNormed, 3, 6), "spectral_norm (mode-dependent state)", stateful=True),
+    ZooEntry("cached", _seeded(Cached, 3, 6), "a weight read twice inside parametrize.cached()", stateful=True),
+    ZooEntry("sparsifier", _seeded(Sparsified, 3, 8), "torch.ao.pruning WeightNormSparsifier"),
+    ZooEntry("pruned", _seeded(Pruned, 3, 6), "torch.nn.utils.prune hooks, traced and called"),
+    ZooEntry("lora", _seeded(WithLoRA, 3, 6), "a LoRA parametrization holding a lambda"),
+    ZooEntry("mode_reading", _seeded(ModeReading, 3, 6), "a user module reading self.training"),
 )
 
 

@@ -5,6 +5,7 @@ what to do; and nothing is mutated. docs/bad-input.md lists the same cases."""
 from __future__ import annotations
 
 import dataclasses
+import threading
 import pickle
 from pathlib import Path
 from typing import Any, Callable
@@ -58,6 +59,45 @@ def _sneaky() -> nn.Module:
     layer = nn.Linear(2, 2)
     layer.__class__ = Sneaky
     return nn.Sequential(layer)
+
+
+# A class made at run time (pickle cannot find it by name): a class patch fxpass does not know.
+Doubling = type("Linear", (nn.Linear,), {"weight": property(lambda self: self._parameters["weight"] * 2)})
+
+
+def _unknown_patch() -> nn.Module:
+    layer = nn.Linear(2, 2)
+    layer.weight.requires_grad_(False)  # no gradient: only its origin shows the tensor is state
+    layer.__class__ = Doubling
+    return nn.Sequential(layer)
+
+
+class FromBuffer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("raw", torch.ones(2, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ (self._buffers["raw"] * 2)
+
+
+class CachesItself(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = parametrize.register_parametrization(nn.Linear(2, 2), "weight", nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with parametrize.cached():
+            return self.fc(self.fc(x))
+
+
+class Locked(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lock = threading.Lock()
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w
 
 
 def _patched_on_top() -> nn.Module:
@@ -114,8 +154,19 @@ CASES = [
          RuntimeError, ("ReadsMode", "self.training", "submodule")),
     Case("compile-class-patch-reading-parameters-directly", _sneaky, fxpass.compile,
          ValueError, ("0 (Sneaky)", "module._parameters", "constant", "imitation_runtime.imitate")),
+    Case("compile-unknown-class-patch", _unknown_patch, fxpass.compile,
+         ValueError, ("0 (Linear)", "overrides 'weight'", "pickle cannot find it by name", "imitation_runtime.imitate")),
+    Case("compile-tensor-computed-from-a-buffer-while-tracing", lambda: nn.Sequential(FromBuffer()), fxpass.compile,
+         ValueError, ("0 (FromBuffer)", "computed while tracing", "constant")),
+    Case("compile-lazy-module-before-its-first-forward", lambda: nn.Sequential(nn.LazyLinear(2)), fxpass.compile,
+         TypeError, ("0 (LazyLinear)", "uninitialized parameters", "run the model once")),
+    Case("compile-model-enters-parametrize-cached", CachesItself, fxpass.compile,
+         RuntimeError, ("the model (CachesItself)", "parametrize.cached()", "scope='module'")),
     Case("compile-bad-scope", lambda: nn.Linear(2, 2), lambda m: fxpass.compile(m, scope="layer"),
          TypeError, ("scope", "'layer'")),
+    Case("pickle-compiled-model-with-unpicklable-transform",
+         lambda: fxpass.compile(nn.Sequential(imitate(nn.Linear(2, 2), "locked", Locked()))), pickle.dumps,
+         pickle.PicklingError, ("0.locked (Locked)", "cannot be pickled"), pickle.PicklingError),
     Case("freeze-not-a-module", lambda: "model.pt", fxpass.freeze, TypeError, ("freeze", "str")),
     Case("freeze-transform-fails", lambda: nn.Sequential(imitate(nn.Linear(2, 2), "calibrate", FailsInEval())),
          fxpass.freeze, RuntimeError, ("'calibrate' of 0", "FailsInEval", "weight", "no calibration data")),

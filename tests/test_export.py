@@ -44,6 +44,17 @@ NOT_SCRIPTABLE = {
     # module scope: its compiled ConvBN keeps the BatchNorm as a call (and Branchy itself runs
     # eagerly, its forward an fxpass.reading.EagerForward)
     "branchy": "bn1 .BatchNorm2d. is kept as a call",
+    "spectral_norm": "Comprehension ifs are not supported",  # torch's _SpectralNorm
+    "cached": "block .CachedTwice. is kept as a call",
+    "sparsifier": "Module 'Linear' has no attribute 'weight'",  # as for "parametrized"
+    "pruned": "'L1Unstructured' object has no attribute '__name__'",  # prune's hook objects
+    "lora": "Module 'LoRA' has no attribute 'dropout_fn'",  # the lambda, pickled by value
+    "mode_reading": "block .ModeScaled. is kept as a call",
+}
+# torch.jit.script of the frozen graph: what fails, and why.
+FROZEN_NOT_SCRIPTABLE = {
+    "cached": "global variables aren't supported",  # parametrize.cached() in the block's forward
+    "pruned": "'RandomUnstructured' object has no attribute '__name__'",  # the Linear keeps its hook
 }
 
 
@@ -186,7 +197,12 @@ def test_torchscript_of_the_compiled_graph(entry: zoo.ZooEntry) -> None:
 @pytest.mark.parametrize("entry", zoo_params())
 def test_torchscript_of_the_frozen_graph(entry: zoo.ZooEntry) -> None:
     model, inputs = _eval_pair(entry)
-    assert torch.equal(torch.jit.script(fxpass.freeze(model))(*inputs), model(*inputs))
+    frozen = fxpass.freeze(model)
+    if entry.name in FROZEN_NOT_SCRIPTABLE:
+        with pytest.raises(Exception, match=FROZEN_NOT_SCRIPTABLE[entry.name]):
+            torch.jit.script(frozen)
+        return
+    assert torch.equal(torch.jit.script(frozen)(*inputs), model(*inputs))
 
 
 # -- torch.compile -------------------------------------------------------------------------------
