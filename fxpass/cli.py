@@ -130,7 +130,7 @@ def _parity(args: argparse.Namespace) -> int:
                 skipped.append((entry.name, f"needs {', '.join(entry.missing())}"))
                 continue
             model, inputs = entry.build()
-            runs.append((entry.name, model, inputs, {"scope": entry.scope}))
+            runs.append((entry.name, model, inputs, entry.compile_options()))
     rows, reports = [], {}
     for name, model, inputs, options in runs:
         _progress(f"fxpass parity: {name} ...")
@@ -214,13 +214,13 @@ def _example(args: argparse.Namespace) -> int:
         raise CommandError(f"the example {entry.name!r} needs {', '.join(entry.missing())}")
     model, inputs = entry.build()
     print(f"# {entry.name}: {entry.description}\n")
-    compiled = compile(model, scope=entry.scope)  # type: ignore[arg-type]
+    compiled = compile(model, **entry.compile_options())  # type: ignore[arg-type]
     for path, record in records(compiled).items():
         print(record.table(), end="\n\n")
         print(f"# generated code of {path or 'the model'}", compiled.get_submodule(path).code, sep="\n")
     _progress("checking parity with the runtime-patched model ...")
     with contextlib.redirect_stdout(sys.stderr):
-        report = check(model, inputs, compile_options={"scope": entry.scope})
+        report = check(model, inputs, compile_options=entry.compile_options())
     print(report.summary())
     if not report.ok:
         print(report.table(failures_only=True))

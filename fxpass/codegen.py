@@ -41,11 +41,15 @@ from fxpass.reading import standard_lookup
 
 __all__ = [
     "ENTRY_ATTRIBUTE",
+    "FX_FORWARD",
+    "GRAPH_MODE_ATTRIBUTE",
+    "MODES_ATTRIBUTE",
     "PICKLES_ATTRIBUTE_CODE",
     "DictWalkCodeGen",
     "EntryGuardError",
     "attribute_chain",
     "dict_walk",
+    "fx_forward",
 ]
 
 _MODULE_GETATTR = nn.Module.__getattr__
@@ -58,6 +62,13 @@ PICKLES_ATTRIBUTE_CODE = "pickles_attribute_code"
 #: ``None``-ness its graph was traced for. The generated forward first checks them and hands any
 #: other call to the module's eager forward (``self._fxpass_eager``).
 ENTRY_ATTRIBUTE = "_fxpass_entry"
+
+#: An attribute of a model compiled once per mode (its forward reads ``self.training``): its
+#: :class:`fxpass.ops.ModeGraphs`. The generated forward (of the training graph) first hands an
+#: eval-mode call to the eval graph.
+MODES_ATTRIBUTE = "_fxpass_modes"
+#: With :data:`MODES_ATTRIBUTE`: the mode (True: training) of the graph the model holds now.
+GRAPH_MODE_ATTRIBUTE = "_fxpass_graph_mode"
 
 
 class EntryGuardError(RuntimeError):
@@ -187,6 +198,7 @@ class DictWalkCodeGen(torch.fx.graph.CodeGen):
             # them on load would turn every transform into a constant.
             return code
         entry = root.__dict__.get(ENTRY_ATTRIBUTE)
+        modes = root.__dict__.get(MODES_ATTRIBUTE)
         # Each get_attr or call_module is one line "    <name> = <chain>" followed by nothing, ";"
         # (the next statement) or "(" (the call). A line is rewritten only when it spells its
         # node's chain: a node whose name the code changed (to avoid a clash) keeps its line.
@@ -197,12 +209,12 @@ class DictWalkCodeGen(torch.fx.graph.CodeGen):
                 chain, walk = spellings(node.target)
                 if walk != chain:
                     rewrites[node.name] = (chain, node.target)
-        if not rewrites and not entry:
+        if not rewrites and not entry and modes is None:
             return code
         lines = code.src.split("\n")
         guard = _tracing_guard(nodes, lines)
         if guard is None:
-            if entry:
+            if entry or modes is not None:
                 raise EntryGuardError("the generated forward has no place for the argument guard")
             return code
         _rewrite_lines(lines, rewrites, spellings, namespace)
@@ -211,13 +223,18 @@ class DictWalkCodeGen(torch.fx.graph.CodeGen):
         # tensors and be recorded as constants: the forward then runs torch.fx's own code.
         def_line, call = guard
         added = []
-        if entry:  # (first: torch.fx's own code below is the graph's too, valid for its pattern only)
+        # (first: torch.fx's own code below is the graph's too, valid for its mode and pattern only)
+        if modes is not None:
+            mode = bool(root.__dict__.get(GRAPH_MODE_ATTRIBUTE, True))
+            added.append(f"    if self.training is not {mode}: return self._fxpass_other_mode({call})")
+            if modes.reads:
+                added.append(f"    self._fxpass_check_modes({mode})")
+        if entry:
             added.append(f"    if {_entry_condition(entry)}: return self._fxpass_eager({call})")
-        added.append(f"    if {_TRACE_STATE}._is_fx_tracing_flag: return {_DEFAULT}(self, {call})")
+        added.append(f"    if {_TRACE_STATE}._is_fx_tracing_flag: return self.{FX_FORWARD}({call})")
         lines[def_line + 1 : def_line + 1] = added
         code.src = "\n".join(lines)
         code.globals[_TRACE_STATE] = torch.fx._symbolic_trace
-        code.globals[_DEFAULT] = _DefaultForward(graph)
         if code._lineno_map is not None:  # (numbered from the def line: lines added before each)
             code._lineno_map = {line + len(added): node for line, node in code._lineno_map.items()}
         return code
@@ -281,7 +298,10 @@ def _entry_condition(entry: tuple[tuple[str, bool], ...]) -> str:
 
 
 _TRACE_STATE = "_fxpass_fx_trace_state"
-_DEFAULT = "_fxpass_attribute_forward"
+#: The method of a module that pickles torch.fx's code (:class:`fxpass.ops.CompiledGraphModule`)
+#: running torch.fx's own code of its graph. A method, not a global of the generated code, so that
+#: graphs of the same structure generate the same code with the same globals (and share it).
+FX_FORWARD = "_fxpass_fx_forward"
 
 
 def _tracing_guard(nodes: Any, lines: list[str]) -> tuple[int, str] | None:
@@ -309,22 +329,18 @@ def _tracing_guard(nodes: Any, lines: list[str]) -> tuple[int, str] | None:
     return def_line, ", ".join(arguments)
 
 
-class _DefaultForward:
-    """torch.fx's own forward for a graph, generated the first time a tracer needs it."""
-
-    def __init__(self, graph: torch.fx.Graph) -> None:
-        self.graph = graph
-        self.fn: Any = None
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if self.fn is None:
-            codegen = self.graph._codegen
-            self.graph._codegen = torch.fx.graph.CodeGen()
-            try:
-                code = self.graph.python_code(root_module="self")
-            finally:
-                self.graph._codegen = codegen
-            namespace = dict(code.globals)
-            exec(compile(code.src, "<fxpass: torch.fx's code>", "exec"), namespace)  # noqa: S102
-            self.fn = namespace["forward"]
-        return self.fn(*args, **kwargs)
+def fx_forward(graph: torch.fx.Graph) -> Any:
+    """torch.fx's own forward function for ``graph`` (``forward(self, ...)``), generated once per
+    graph and kept on it (a graph changed after that must drop it: ``graph.__dict__.pop``)."""
+    fn = graph.__dict__.get(FX_FORWARD)
+    if fn is None:
+        codegen = graph._codegen
+        graph._codegen = torch.fx.graph.CodeGen()
+        try:
+            code = graph.python_code(root_module="self")
+        finally:
+            graph._codegen = codegen
+        namespace = dict(code.globals)
+        exec(compile(code.src, "<fxpass: torch.fx's code>", "exec"), namespace)  # noqa: S102
+        fn = graph.__dict__[FX_FORWARD] = namespace["forward"]
+    return fn

@@ -94,7 +94,8 @@ def _is_part(model: nn.Module) -> bool:
 
 def _freeze_graph(gm: torch.fx.GraphModule) -> CompiledGraphModule:
     """Model scope: every transform node evaluated once, its output a ``frozen_*`` buffer; the
-    patched modules inside kept calls frozen in place."""
+    patched modules inside kept calls frozen in place. (A model traced once per mode holds its eval
+    graph once in eval mode.)"""
     gm = gm.eval()
     _freeze_reads(gm)
     graph = gm.graph

@@ -10,6 +10,7 @@ import contextlib
 import copy
 import io
 import pickle
+import weakref
 from typing import Any, Callable, Iterator
 
 import cloudpickle
@@ -18,13 +19,21 @@ import torch.fx
 import torch.nn as nn
 
 from fxpass import reading
-from fxpass.codegen import ENTRY_ATTRIBUTE, DictWalkCodeGen
-from fxpass.errors import NotScriptableError
+from fxpass.codegen import (
+    ENTRY_ATTRIBUTE,
+    FX_FORWARD,
+    GRAPH_MODE_ATTRIBUTE,
+    MODES_ATTRIBUTE,
+    DictWalkCodeGen,
+    fx_forward,
+)
+from fxpass.errors import NotScriptableError, UntraceableModelError
 
 __all__ = [
     "ByValue",
     "CompiledGraphModule",
     "LoadTracer",
+    "ModeGraphs",
     "Opaque",
     "call_with_overrides",
     "parametrized",
@@ -233,6 +242,10 @@ class LoadTracer(torch.fx.Tracer):
 # torch.fx's key (in GraphModule.meta) of the attributes that deepcopy sets on the copy.
 PRESERVED = getattr(torch.fx.graph_module, "_USER_PRESERVED_ATTRIBUTES_KEY", "_user_preserved_attributes")
 
+# (generated code, ...) -> the class of compiled modules whose forward is that code
+_SHARED_CLASSES: weakref.WeakValueDictionary[Any, type] = weakref.WeakValueDictionary()
+
+
 class Preserved(dict):
     """What a compiled model keeps through copies and pickles (in ``meta[PRESERVED]``).
 
@@ -327,6 +340,69 @@ class CompiledGraphModule(torch.fx.GraphModule):
     def _apply_instance_attributes(self) -> None:
         self.__dict__.update(self.meta.get(PRESERVED, {}).get(INSTANCE_ATTRIBUTES, {}))
 
+    def _fxpass_fx_forward(self, *args: Any, **kwargs: Any) -> Any:
+        """torch.fx's own code of the graph: what a call made while torch.fx traces runs
+        (:mod:`fxpass.codegen`)."""
+        return fx_forward(self.graph)(self, *args, **kwargs)
+
+    def recompile(self) -> Any:
+        """Generate the code, as GraphModule does, and share one class with the other compiled
+        modules whose code came out the same (the identical blocks of a model): their forward is
+        then one function, which ``torch.compile`` of each block compiles once."""
+        cls = type(self)
+        if cls.__dict__.get("_fxpass_shared"):  # others use this class: change a class of its own
+            own = type("GraphModuleImpl", cls.__bases__, {})
+            own.__name__ = cls.__name__
+            object.__setattr__(self, "__class__", own)
+        elif _SHARED_CLASSES.get(cls.__dict__.get("_fxpass_code_key")) is cls:
+            del _SHARED_CLASSES[cls._fxpass_code_key]  # its code is about to change
+        self.graph.__dict__.pop(FX_FORWARD, None)
+        result = super().recompile()
+        cls = type(self)
+        globals_ = cls.forward.__globals__
+        key = (cls.__bases__, cls.__name__, self._code, tuple(sorted((k, id(v)) for k, v in globals_.items())))
+        shared = _SHARED_CLASSES.get(key)
+        if shared is None:
+            _SHARED_CLASSES[key] = cls
+            cls._fxpass_code_key = key
+        elif shared is not cls:
+            shared._fxpass_shared = True
+            object.__setattr__(self, "__class__", shared)
+        return result
+
+    def _fxpass_other_mode(self, *args: Any, **kwargs: Any) -> Any:
+        """A call of a model compiled once per mode whose graph is not the one of its mode (its
+        ``training`` was assigned directly, not through ``train()``): the graph of its mode."""
+        modes: ModeGraphs = self.__dict__[MODES_ATTRIBUTE]
+        modes.check(self, self.training)
+        return modes.of(self.training)(*args, **kwargs)
+
+    def _fxpass_check_modes(self, mode: bool) -> None:
+        self.__dict__[MODES_ATTRIBUTE].check(self, mode)
+
+    def train(self, mode: bool = True) -> CompiledGraphModule:
+        """As ``nn.Module.train``; a model compiled once per mode takes the graph of ``mode``."""
+        result = super().train(mode)
+        if MODES_ATTRIBUTE in self.__dict__ and self.__dict__.get(GRAPH_MODE_ATTRIBUTE) is not mode:
+            self.use_mode_graph(mode)
+        return result
+
+    def use_mode_graph(self, mode: bool) -> None:
+        """Hold the graph (and the record) of ``mode`` of a model compiled once per mode."""
+        source = self.__dict__[MODES_ATTRIBUTE].of(mode)
+        record = source.__dict__.get("_fxpass_record")
+        preserved = self.meta[PRESERVED]
+        preserved[INSTANCE_ATTRIBUTES][GRAPH_MODE_ATTRIBUTE] = self.__dict__[GRAPH_MODE_ATTRIBUTE] = mode
+        preserved["_fxpass_record"] = self.__dict__["_fxpass_record"] = record
+        self.graph = copy.deepcopy(source.graph)  # (generates the code)
+
+    def share_tree(self, other: CompiledGraphModule) -> None:
+        """Hold ``other``'s tree containers (the same dictionaries, not copies) from now on."""
+        self.__dict__.update({name: other.__dict__[name] for name in TREE_ATTRIBUTES})
+        preserved = self.meta[PRESERVED]
+        preserved.update({name: other.__dict__[name] for name in TREE_ATTRIBUTES})
+        self.recompile()
+
     def _fxpass_eager(self, *args: Any, **kwargs: Any) -> Any:
         """The replaced module's own forward, run eagerly, its patched reads evaluated as at run
         time (:mod:`fxpass.reading`).
@@ -372,6 +448,12 @@ class CompiledGraphModule(torch.fx.GraphModule):
             NotScriptableError: a module kept as a call reads patched tensors as at run time
                 (Python TorchScript cannot compile): script ``fxpass.freeze(model)`` instead.
         """
+        if MODES_ATTRIBUTE in self.__dict__:
+            raise NotScriptableError(
+                f"{type(self).__name__} is compiled once per mode (its forward reads self.training), "
+                "and a scripted module would keep one graph for both; script fxpass.freeze(model), "
+                "the eval graph, instead"
+            )
         for name, module in self.named_modules():
             if reading.has_eager_forward(module):
                 raise NotScriptableError(
@@ -497,6 +579,45 @@ def part_class(base: type) -> type:
         )
         _PART_CLASSES[base] = found
     return found
+
+
+class ModeGraphs:
+    """The graphs of a model whose own forward reads ``self.training``, one per mode.
+
+    Such a model is traced once per mode, each graph a compiled model over the same tree. The
+    compiled model itself holds the graph of its current mode (``train()`` and ``eval()`` switch
+    it), so whatever reads its graph (``torch.fx.Interpreter``, ``torch.export``) reads the one
+    for its mode; its generated forward checks the mode first all the same, and hands a call made
+    in the other mode to the other graph. The root's forward may read the mode of other modules
+    too (``reads``): each must then have the model's mode, or the call raises.
+
+    Args:
+        train: the training-mode graph, as a compiled model sharing the tree.
+        eval: the eval-mode graph, likewise.
+        reads: paths of the other modules whose mode the root's forward reads.
+    """
+
+    def __init__(
+        self, train: CompiledGraphModule, eval: CompiledGraphModule, reads: tuple[str, ...] = ()  # noqa: A002
+    ) -> None:
+        self.train = train
+        self.eval = eval
+        self.reads = reads
+
+    def of(self, mode: bool) -> CompiledGraphModule:
+        """The compiled model of ``mode`` (True: training)."""
+        return self.train if mode else self.eval
+
+    def check(self, model: nn.Module, mode: bool) -> None:
+        """Raise unless every module in :attr:`reads` is in ``mode`` too."""
+        for path in self.reads:
+            if model.get_submodule(path).training != mode:
+                raise UntraceableModelError(
+                    f"{path} is in {'train' if not mode else 'eval'} mode under a model in "
+                    f"{'train' if mode else 'eval'} mode, and the model's forward reads its mode: its "
+                    "graphs are traced with every module in the same mode; set the modes alike, or "
+                    "compile with scope='module'"
+                )
 
 
 class _ClassByValue:

@@ -91,6 +91,11 @@ class CompileRecord:
             module-scope compile traces its arguments that default to ``None`` that way); a call
             that passes one of them, or passes ``None`` for another argument, runs the module's
             own forward eagerly instead of the graph.
+        boundaries: paths of the modules compiled on their own, which the graph calls
+            (``fxpass.compile(..., boundaries=...)``); each has its own record.
+        modes: ``("train", "eval")`` for a model whose own forward reads ``self.training``: it
+            was traced once per mode (see :class:`fxpass.ops.ModeGraphs`), and this is the record
+            of the graph of the model's current mode.
     """
 
     patched_modules: tuple[str, ...]
@@ -98,6 +103,8 @@ class CompileRecord:
     kept_calls: tuple[KeptCall, ...]
     inlined_activations: tuple[str, ...] = ()
     specialized: tuple[str, ...] = ()
+    boundaries: tuple[str, ...] = ()
+    modes: tuple[str, ...] = ()
 
     def counts(self) -> dict[str, int]:
         """Number of rewrites by how they were emitted."""
@@ -120,6 +127,10 @@ class CompileRecord:
             text += "\n\n" + tabulate.tabulate(
                 kept, headers=("kept as a call", "patched tensors read inside", "why"), tablefmt=fmt
             )
+        if self.boundaries:
+            text += "\n\nboundaries (compiled on their own): " + ", ".join(self.boundaries)
+        if self.modes:
+            text += "\n\ntraced once per mode: " + ", ".join(self.modes) + " (this is the record of the model's current mode)"
         return text
 
 

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
-from typing import Any, Literal
+from typing import Any, Callable, Literal, Union
 
 import torch.fx
 import torch.nn as nn
 
-from fxpass.codegen import ENTRY_ATTRIBUTE, EntryGuardError
+from fxpass.codegen import ENTRY_ATTRIBUTE, GRAPH_MODE_ATTRIBUTE, MODES_ATTRIBUTE, EntryGuardError
 from fxpass.errors import InvalidModelError, UntraceableModelError
-from fxpass.ops import INSTANCE_ATTRIBUTES, TREE_ATTRIBUTES, CompiledGraphModule, LoadTracer
+from fxpass.ops import INSTANCE_ATTRIBUTES, TREE_ATTRIBUTES, CompiledGraphModule, LoadTracer, ModeGraphs
 from fxpass.patches import find_patch_stack, join_path
 from fxpass.reading import install_eager_forward
 from fxpass.record import (
@@ -23,7 +24,7 @@ from fxpass.record import (
     find_record,
 )
 from fxpass.shells import build_shells, has_patch, remap_references, shell_of
-from fxpass.tracer import PatchTracer
+from fxpass.tracer import PatchTracer, ReadsModeError
 
 __all__ = ["compile", "records"]
 
@@ -36,6 +37,7 @@ def compile(  # noqa: A001 - the library's verb, like torch.compile
     concrete_args: dict[str, Any] | None = None,
     scope: Literal["model", "module"] = "model",
     inline_activations: bool = False,
+    boundaries: Boundaries = None,
 ) -> nn.Module:
     """Rewrite a class-patched model into a plain ``GraphModule`` with the same semantics.
 
@@ -65,6 +67,14 @@ def compile(  # noqa: A001 - the library's verb, like torch.compile
             instead of a ``call_module``: the same values, without a module call per activation
             at run time (the fastest choice for overhead-bound models). The modules stay in the
             tree; the graph no longer calls them, so hooks registered on them later do not run.
+        boundaries: module classes (a class or a tuple of them), or a callable
+            ``(path, module) -> bool``. Each matching module (the outermost match wins) is
+            compiled into a GraphModule of its own, in place at its path, which the enclosing
+            graph calls (``call_module``): its own ``forward`` runs at every call, so what users
+            attach to a block works (``fully_shard`` per block, activation checkpointing, forward
+            hooks, ``torch.compile`` of each block). It answers ``isinstance`` like the module it
+            replaces and keeps its plain attributes. A matching module torch.fx cannot trace runs
+            eagerly, as in module scope. The default, None, gives one flat graph.
 
     Returns:
         The compiled model (a GraphModule in model scope); :func:`fxpass.record_of` tells what
@@ -92,13 +102,35 @@ def compile(  # noqa: A001 - the library's verb, like torch.compile
             f"fxpass.compile expects an nn.Module, got {type(model).__name__}; pass the model "
             "itself (not its state_dict or a function)"
         )
+    match = _matcher(boundaries)
     if scope == "module":
         if concrete_args is not None:
             raise InvalidModelError("concrete_args applies to scope='model' only")
-        return _ModuleScope(inline_activations).compile(model)
+        return _ModuleScope(inline_activations, match).compile(model)
     if scope != "model":
         raise InvalidModelError(f"scope must be 'model' or 'module', got {scope!r}")
-    return _compile_model(model, concrete_args, inline_activations)
+    if match is None:
+        return _compile_model(model, concrete_args, inline_activations)
+    return _ModuleScope(inline_activations, match).compile_model(model, concrete_args)
+
+
+Boundaries = Union[type, tuple[type, ...], Callable[[str, nn.Module], bool], None]
+
+
+def _matcher(boundaries: Boundaries) -> Callable[[str, nn.Module], bool] | None:
+    """``boundaries`` as a predicate ``(path, module) -> bool``."""
+    if boundaries is None:
+        return None
+    classes = (boundaries,) if isinstance(boundaries, type) else boundaries
+    if isinstance(classes, (tuple, list)) and classes and all(isinstance(c, type) for c in classes):
+        chosen = tuple(classes)
+        return lambda path, module: isinstance(module, chosen)
+    if callable(boundaries) and not isinstance(boundaries, (tuple, list)):
+        return boundaries  # type: ignore[return-value]
+    raise InvalidModelError(
+        f"boundaries must be a module class, a tuple of them, or a callable (path, module) -> bool; "
+        f"got {boundaries!r}"
+    )
 
 
 def _compile_model(
@@ -107,24 +139,20 @@ def _compile_model(
     inline_activations: bool = False,
     *,
     part: _Part | None = None,
+    substitutes: dict[int, nn.Module] | None = None,
+    boundaries: tuple[str, ...] = (),
 ) -> CompiledGraphModule:
-    tree = build_shells(model, keep_transforms=part is not None)
+    tree = build_shells(model, keep_transforms=part is not None, substitutes=substitutes)
     tracer = PatchTracer(tree, inline_activations=inline_activations)
     if part is not None and part.specialized:
         concrete_args = dict.fromkeys(part.specialized)
-    graph = tracer.trace_tree(concrete_args)
-    tracer.finish()
-    # A pickled GraphModule is re-traced on load with a subclass of the tracer recorded here;
-    # ours needs the shell tree, so name one that only looks tensors up fast.
-    graph._tracer_cls = LoadTracer
-    graph._tracer_extras = None
-    record = CompileRecord(
-        patched_modules=tuple(p.path for p in tree.patched.values()),
-        rewrites=tuple(tracer.rewrites),
-        kept_calls=tuple(tracer.kept),
-        inlined_activations=tuple(tracer.inlined),
-        specialized=part.specialized if part is not None else (),
-    )
+    try:
+        graph = tracer.trace_tree(concrete_args)
+    except ReadsModeError:
+        if part is not None:
+            raise  # (a part whose forward reads its mode runs eagerly: exact, and live)
+        return _compile_per_mode(model, tree, concrete_args, inline_activations, boundaries)
+    record = _finish(tracer, graph, specialized=part.specialized if part is not None else (), boundaries=boundaries)
     preserved: dict[str, Any] = {RECORD_ATTRIBUTE: record}
     if part is None:
         return CompiledGraphModule.build(
@@ -141,6 +169,59 @@ def _compile_model(
         raise UntraceableModelError(f"cannot stand in for {part.base.__name__}: {error}") from error
     part.copies.update(tree.copies)
     part.copies[id(tree.root)] = part.copies[id(model)] = gm
+    return gm
+
+
+def _finish(tracer: PatchTracer, graph: torch.fx.Graph, **record: Any) -> CompileRecord:
+    """After a trace: the tracer's changes to the tree, the graph's load-time tracer, the record."""
+    tracer.finish()
+    # A pickled GraphModule is re-traced on load with a subclass of the tracer recorded here;
+    # ours needs the shell tree, so name one that only looks tensors up fast.
+    graph._tracer_cls = LoadTracer
+    graph._tracer_extras = None
+    return CompileRecord(
+        patched_modules=tuple(p.path for p in tracer.tree.patched.values()),
+        rewrites=tuple(tracer.rewrites),
+        kept_calls=tuple(tracer.kept),
+        inlined_activations=tuple(tracer.inlined),
+        **record,
+    )
+
+
+def _compile_per_mode(
+    model: nn.Module,
+    tree: Any,
+    concrete_args: dict[str, Any] | None,
+    inline_activations: bool,
+    boundaries: tuple[str, ...],
+) -> CompiledGraphModule:
+    """A model whose own forward reads ``self.training``: one graph per mode over one tree (see
+    :class:`~fxpass.ops.ModeGraphs`); the compiled model starts with the graph of the model's mode."""
+    built: dict[bool, tuple[torch.fx.Graph, CompileRecord, tuple[str, ...]]] = {}
+    for mode in (True, False):
+        tracer = PatchTracer(tree, inline_activations=inline_activations)
+        graph = tracer.trace_tree(concrete_args, mode=mode)
+        record = _finish(tracer, graph, boundaries=boundaries, modes=("train", "eval"))
+        built[mode] = (graph, record, tracer.mode_reads)
+    name = type(model).__name__
+    graphs = {
+        mode: CompiledGraphModule.build(
+            tree.root, graph, class_name=name, training=mode, preserved={RECORD_ATTRIBUTE: record}
+        )
+        for mode, (graph, record, _) in built.items()
+    }
+    reads = tuple(dict.fromkeys(built[True][2] + built[False][2]))
+    start = bool(model.training)
+    graph, record, _ = built[start]
+    gm = CompiledGraphModule.build(
+        tree.root, copy.deepcopy(graph), class_name=name, training=start,
+        preserved={
+            RECORD_ATTRIBUTE: record,
+            INSTANCE_ATTRIBUTES: {MODES_ATTRIBUTE: ModeGraphs(graphs[True], graphs[False], reads), GRAPH_MODE_ATTRIBUTE: start},
+        },
+    )  # fmt: skip
+    for other in graphs.values():
+        other.share_tree(gm)
     return gm
 
 
@@ -211,8 +292,11 @@ class _ModuleScope:
     compiled parts; the modules around them are copied and run eagerly, reading patched tensors
     as the runtime does (:mod:`fxpass.reading`)."""
 
-    def __init__(self, inline_activations: bool) -> None:
+    def __init__(self, inline_activations: bool, match: Callable[[str, nn.Module], bool] | None = None) -> None:
         self.inline_activations = inline_activations
+        #: which modules are boundaries (see fxpass.compile), or None
+        self.match = match
+        self.boundaries: list[str] = []
         self.memo: dict[int, nn.Module] = {}
         self.copies: dict[int, nn.Module] = {}
         self.parts: list[str] = []
@@ -221,34 +305,90 @@ class _ModuleScope:
 
     def compile(self, model: nn.Module) -> nn.Module:
         result = self.visit(model, "")
+        self.finish(result)
+        if result is not model and not isinstance(result, torch.fx.GraphModule):
+            result.__dict__[SCOPE_ATTRIBUTE] = ScopeRecord(tuple(self.parts), tuple(self.eager))
+        return result
+
+    def compile_model(self, model: nn.Module, concrete_args: dict[str, Any] | None) -> nn.Module:
+        """Model scope with boundaries: one graph of the model, each boundary below it a call of
+        its own compiled module."""
+        if self.match is not None and self.match("", model):
+            if concrete_args is not None:
+                raise InvalidModelError("concrete_args cannot apply: the model itself is a boundary")
+            result = self.boundary(model, "")
+        else:
+            substitutes = self.boundaries_below(model, "")
+            result = _compile_model(
+                model, concrete_args, self.inline_activations,
+                substitutes=substitutes, boundaries=tuple(self.boundaries),
+            )  # fmt: skip
+        self.finish(result)
+        return result
+
+    def finish(self, result: nn.Module) -> None:
         # (only the copies: modules shared with the input are the input's own)
         copied = {id(copy) for key, copy in self.copies.items() if key != id(copy)}
         remap_references((m for m in result.modules() if id(m) in copied), self.copies)
         for module in self.called:
             install_eager_forward(module)
-        if result is not model and not isinstance(result, torch.fx.GraphModule):
-            result.__dict__[SCOPE_ATTRIBUTE] = ScopeRecord(tuple(self.parts), tuple(self.eager))
-        return result
 
     def visit(self, module: nn.Module, path: str) -> nn.Module:
         key = id(module)
         if key in self.memo:
             return self.memo[key]
-        if not has_patch(module):
+        if self.match is not None and self.match(path, module):
+            return self.boundary(module, path)
+        if not has_patch(module) and not self.boundaries_below(module, path):
             self.memo[key] = module
             return module
+        return self.compiled(module, path, self.boundaries_below(module, path))
+
+    def boundary(self, module: nn.Module, path: str) -> nn.Module:
+        """A boundary: its own compiled part (whatever is patched inside), or where torch.fx cannot
+        trace it an eager copy whose children are compiled as in module scope."""
+        if id(module) in self.memo:
+            return self.memo[id(module)]
+        self.boundaries.append(path)
+        return self.compiled(module, path, None)
+
+    def compiled(self, module: nn.Module, path: str, substitutes: dict[int, nn.Module] | None) -> nn.Module:
+        """``module`` as a compiled part, or where torch.fx cannot trace it an eager copy."""
         stack = find_patch_stack(module, path)
         base = stack.base if stack is not None else type(module)
         try:
-            result: nn.Module = self.part(module, base, path)
+            result: nn.Module = self.part(module, base, path, substitutes)
         except UntraceableModelError as error:
             result = self.eager_copy(module, path, stack, error)
         else:
             self.parts.append(path)
-        self.memo[key] = result
+        self.memo[id(module)] = result
         return result
 
-    def part(self, module: nn.Module, base: type, path: str) -> CompiledGraphModule:
+    def boundaries_below(self, module: nn.Module, path: str) -> dict[int, nn.Module]:
+        """The outermost boundaries strictly below ``module``, compiled: id(module) -> part."""
+        if self.match is None:
+            return {}
+        found: dict[int, nn.Module] = {}
+        seen: set[int] = set()
+
+        def walk(current: nn.Module, prefix: str) -> None:
+            for name, child in current._modules.items():
+                if child is None or id(child) in seen:
+                    continue
+                seen.add(id(child))
+                child_path = join_path(prefix, name)
+                if self.match(child_path, child):  # type: ignore[misc]
+                    found[id(child)] = self.boundary(child, child_path)
+                else:
+                    walk(child, child_path)
+
+        walk(module, path)
+        return found
+
+    def part(
+        self, module: nn.Module, base: type, path: str, substitutes: dict[int, nn.Module] | None = None
+    ) -> CompiledGraphModule:
         # A part is traced for the call its parent most likely makes, without the arguments that
         # default to None; the model itself is called by its user with its inputs, which
         # transformers models declare with None defaults too.
@@ -257,7 +397,7 @@ class _ModuleScope:
         for index, names in enumerate(attempts):
             part = _Part(base, names, {})
             try:
-                gm = _compile_model(module, None, self.inline_activations, part=part)
+                gm = _compile_model(module, None, self.inline_activations, part=part, substitutes=substitutes)
             except UntraceableModelError:
                 if index == len(attempts) - 1:
                     raise

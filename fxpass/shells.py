@@ -75,6 +75,8 @@ class ShellTree:
         patched: id(shell) -> description, for every patched module, in model order.
         paths: id(shell) -> first path, for every copied module.
         copies: id(module of the model) -> its copy (or the module itself where it is shared).
+        leaves: id(shell) of the copied leaves of torch.nn: the graph calls them (it does not
+            trace into them), and the tracer watches their mode.
     """
 
     root: nn.Module
@@ -82,6 +84,7 @@ class ShellTree:
     patched: dict[int, Patched]
     paths: dict[int, str]
     copies: dict[int, nn.Module] = dataclasses.field(default_factory=dict)
+    leaves: set[int] = dataclasses.field(default_factory=set)
 
 
 def is_default_leaf(cls: type) -> bool:
@@ -266,12 +269,17 @@ def _unpicklable_lambda(value: Any) -> bool:
     return isinstance(value, types.FunctionType) and value.__name__ == "<lambda>" and not picklable_by_reference(value)
 
 
-def build_shells(model: nn.Module, *, keep_transforms: bool = False) -> ShellTree:
+def build_shells(
+    model: nn.Module, *, keep_transforms: bool = False, substitutes: dict[int, nn.Module] | None = None
+) -> ShellTree:
     """Copy ``model``'s tree as described in the module docstring; ``model`` is not modified.
 
     With ``keep_transforms``, patched shells keep what eager code needs to read them as the
-    runtime does (see :func:`shell_of`).
+    runtime does (see :func:`shell_of`). ``substitutes`` maps modules of the model (by id) to
+    what the copy holds in their place (compiled boundaries): leaves for the tracer, and the
+    modules around them are copied.
     """
+    substitutes = substitutes or {}
     stacks: dict[int, PatchStack | None] = {}
     patched_below: dict[int, bool] = {}
     first_path: dict[int, str] = {}
@@ -281,6 +289,9 @@ def build_shells(model: nn.Module, *, keep_transforms: bool = False) -> ShellTre
         if key in patched_below:
             return patched_below[key]
         first_path[key] = path
+        if key in substitutes:
+            stacks[key], patched_below[key] = None, True
+            return True
         _refuse_lazy(module, path)
         stack = find_patch_stack(module, path)
         stacks[key] = stack
@@ -299,10 +310,14 @@ def build_shells(model: nn.Module, *, keep_transforms: bool = False) -> ShellTre
     paths: dict[int, str] = {}
     memo: dict[int, nn.Module] = {}
     picklable: dict[int, nn.Module] = {}  # the memo of _picklable_copy
+    leaves: set[int] = set()
 
     def build(module: nn.Module, *, as_transform: bool = False) -> nn.Module:
         key = id(module)
         if key in memo:
+            return memo[key]
+        if key in substitutes:
+            memo[key] = substitutes[key]
             return memo[key]
         stack = stacks[key]
         path = first_path[key]
@@ -315,8 +330,16 @@ def build_shells(model: nn.Module, *, keep_transforms: bool = False) -> ShellTre
             memo[key] = _picklable_copy(module, picklable)
             return memo[key]
         if stack is None and not patched_below[key] and is_default_leaf(type(module)):
-            memo[key] = _picklable_copy(module, picklable)
-            return memo[key]
+            # A leaf of torch.nn: the graph calls it. Copied all the same (its tensors and its
+            # children shared), so that the tracer can watch its mode: a forward that reads
+            # `self.dropout.training` must not have the mode baked in.
+            leaf = _picklable_copy(module, picklable)
+            shell = copy_module(leaf) if leaf is module else leaf
+            memo[key] = shell
+            shells[id(shell)] = shell
+            paths[id(shell)] = path
+            leaves.add(id(shell))
+            return shell
         shell, transforms = shell_of(module, stack, path, keep_transforms=keep_transforms)
         transform_names = transforms.keys()
         memo[key] = shell
@@ -334,4 +357,4 @@ def build_shells(model: nn.Module, *, keep_transforms: bool = False) -> ShellTre
     # path: the order of named_modules().
     root = build(model)
     remap_references(shells.values(), memo)
-    return ShellTree(root=root, shells=shells, patched=patched, paths=paths, copies=memo)
+    return ShellTree(root=root, shells=shells, patched=patched, paths=paths, copies=memo, leaves=leaves)

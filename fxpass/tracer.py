@@ -32,7 +32,7 @@ from fxpass.record import KeptCall, Rewrite
 from fxpass.shells import Patched, ShellTree, keep_reads
 from fxpass.transforms import TransformTrace, describe, emit_transform, refuse_autograd_functions
 
-__all__ = ["ACTIVATIONS", "PatchTracer"]
+__all__ = ["ACTIVATIONS", "PatchTracer", "ReadsModeError"]
 
 ACTIVATIONS: frozenset[type[nn.Module]] = frozenset(
     (
@@ -56,6 +56,12 @@ _CALL_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_back
 _ACTIVE: contextvars.ContextVar[PatchTracer | None] = contextvars.ContextVar("fxpass_tracer", default=None)
 
 
+class ReadsModeError(UntraceableModelError):
+    """The model's own forward reads ``self.training`` (or a submodule's): traced in one go, its
+    graph would be fixed to the current mode. ``fxpass.compile`` traces it once per mode
+    instead."""
+
+
 class _CachedInsideTrace(UntraceableModelError):
     """A parametrized tensor is read inside a ``parametrize.cached()`` block that the forward of
     ``module`` entered while being traced: the graph would not enter it at run time (it would
@@ -77,9 +83,14 @@ class _Scope:
 
     module: nn.Module
     path: str
-    reads_training: bool = False
+    #: the modules whose ``training`` its forward read, by id
+    mode_reads: dict[int, nn.Module] = dataclasses.field(default_factory=dict)
     #: parametrize.cached() nesting when its forward started
     cache_level: int = dataclasses.field(default_factory=_cache_level)
+
+    @property
+    def reads_training(self) -> bool:
+        return bool(self.mode_reads)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,7 +161,7 @@ def _leaves(value: Any) -> Iterator[Any]:
 def _get_training(self: nn.Module) -> bool:
     tracer = _ACTIVE.get()
     if tracer is not None:
-        tracer.note_training_read()
+        tracer.note_training_read(self)
     return self.__dict__["training"]
 
 
@@ -177,6 +188,7 @@ def _tracing_class(base: type, attributes: tuple[str, ...]) -> type:
         namespace: dict[str, Any] = {"training": property(_get_training, _set_training)}
         namespace.update({a: _patched_property(a) for a in attributes})
         namespace["__module__"] = base.__module__
+        namespace["_fxpass_traced"] = base
         cls = type(base.__name__, (base,), namespace)
         _TRACING_CLASSES[key] = cls
     return cls
@@ -184,7 +196,8 @@ def _tracing_class(base: type, attributes: tuple[str, ...]) -> type:
 
 def _inlinable(m: nn.Module) -> bool:
     """Whether calling ``m.forward`` is what calling ``m`` does: an activation without hooks."""
-    if type(m) not in ACTIVATIONS or any(m.__dict__.get(name) for name in _CALL_HOOKS):
+    own = type(m).__dict__.get("_fxpass_traced", type(m))  # (the class below the tracing one)
+    if own not in ACTIVATIONS or any(m.__dict__.get(name) for name in _CALL_HOOKS):
         return False
     hooks = torch.nn.modules.module
     return not any(getattr(hooks, f"_global{name}", None) for name in _CALL_HOOKS)
@@ -212,20 +225,30 @@ class PatchTracer(torch.fx.Tracer):
         self._scopes: list[_Scope] = []
         self._tensor_names: dict[int, str] = {}
         self._provenance = _Provenance([])
+        #: paths of the modules (not the root) whose mode the root's forward read (trace_tree)
+        self.mode_reads: tuple[str, ...] = ()
         #: transform function id -> its recorded trace (see fxpass.transforms.TransformTrace)
         self.transform_traces: dict[int, TransformTrace] = {}
 
     # -- entry point -------------------------------------------------------------------------
 
-    def trace_tree(self, concrete_args: dict[str, Any] | None = None) -> torch.fx.Graph:
-        """Trace the tree's root; the tree's classes are restored whatever happens."""
+    def trace_tree(self, concrete_args: dict[str, Any] | None = None, *, mode: bool | None = None) -> torch.fx.Graph:
+        """Trace the tree's root; the tree's classes are restored whatever happens.
+
+        Args:
+            concrete_args: as for ``torch.fx.symbolic_trace``.
+            mode: None to refuse a forward of the root that reads a mode (:class:`ReadsModeError`),
+                or the mode (True for training) every copied module has while this trace runs:
+                the graph for that mode. :attr:`mode_reads` then lists the other modules whose
+                mode the root's forward read.
+        """
         root = self.tree.root
         self._tensor_names = {}
         for name, tensor in [*root.named_parameters(), *root.named_buffers()]:
             self._tensor_names.setdefault(id(tensor), name)
         scope = _Scope(root, "")
         self._provenance = _Provenance([*root.parameters(), *root.buffers()])
-        with self._dressed(), refuse_autograd_functions(), self._provenance:
+        with self._dressed(mode), refuse_autograd_functions(), self._provenance:
             self._scopes.append(scope)
             try:
                 graph = self.trace(root, concrete_args)
@@ -248,16 +271,18 @@ class PatchTracer(torch.fx.Tracer):
             # would import by name when the GraphModule is pickled.
             if isinstance(node.type, str):
                 node.type = None
-        if scope.reads_training:
-            raise UntraceableModelError(
+        if scope.reads_training and mode is None:
+            raise ReadsModeError(
                 f"the forward of the model ({type(root).__name__}) reads self.training, so its "
-                "graph would be fixed to the current mode; move the mode-dependent code into a "
-                "submodule (fxpass keeps such submodules as calls) or use nn.Dropout modules"
+                "graph would be fixed to the current mode; fxpass.compile traces it once per mode"
             ).because("its forward reads self.training")
+        self.mode_reads = tuple(
+            self.tree.paths[id(m)] for m in scope.mode_reads.values() if m is not root and id(m) in self.tree.paths
+        )
         return graph
 
     @contextlib.contextmanager
-    def _dressed(self) -> Iterator[None]:
+    def _dressed(self, mode: bool | None = None) -> Iterator[None]:
         """Give every shell its tracing class for the duration of the trace; afterwards, its
         class and its attributes are as they were.
 
@@ -275,6 +300,8 @@ class PatchTracer(torch.fx.Tracer):
                 dressed.append((shell, type(shell), dict(shell.__dict__)))
                 # (object.__setattr__: nn.Module's would first look for a parameter "__class__")
                 object.__setattr__(shell, "__class__", _tracing_class(type(shell), attributes))
+                if mode is not None:  # (restored with the rest of the attributes)
+                    shell.__dict__["training"] = mode
             yield
         finally:
             for shell, cls, before in dressed:
@@ -310,7 +337,7 @@ class PatchTracer(torch.fx.Tracer):
     # -- hooks of torch.fx.Tracer ------------------------------------------------------------
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return id(m) not in self.tree.shells
+        return id(m) not in self.tree.shells or id(m) in self.tree.leaves
 
     def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
         # torch.fx searches named_parameters() on every access (quadratic in model size) and
@@ -350,7 +377,7 @@ class PatchTracer(torch.fx.Tracer):
     ) -> Any:
         # torch.fx's own call_module keeps a scope and a module stack, copied into every node's
         # meta; fxpass keeps neither (they are not part of a GraphModule's semantics).
-        if id(m) not in self.tree.shells:  # a leaf: one call_module node, or inlined
+        if id(m) not in self.tree.shells or id(m) in self.tree.leaves:  # a leaf: one call_module node, or inlined
             path = self.path_of_module(m)
             if self.inline_activations and _inlinable(m):
                 mark = self.mark()
@@ -392,10 +419,10 @@ class PatchTracer(torch.fx.Tracer):
 
     # -- patched attributes ------------------------------------------------------------------
 
-    def note_training_read(self) -> None:
+    def note_training_read(self, module: nn.Module) -> None:
         """Called by a shell's ``training`` property."""
         if self._scopes:
-            self._scopes[-1].reads_training = True
+            self._scopes[-1].mode_reads[id(module)] = module
 
     def read_patched(self, shell: nn.Module, attribute: str) -> Any:
         """Emit the nodes computing ``shell.<attribute>`` as the runtime patch would."""

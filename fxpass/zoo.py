@@ -33,6 +33,8 @@ class ZooEntry:
         stateful: whether some transform keeps state that changes when the model runs.
         scope: the ``fxpass.compile`` scope the model needs (``"module"`` when torch.fx cannot
             trace its own forward).
+        boundaries: module classes compiled as boundaries (``fxpass.compile(...,
+            boundaries=...)``): the model's blocks.
     """
 
     name: str
@@ -41,6 +43,14 @@ class ZooEntry:
     requires: tuple[str, ...] = ()
     stateful: bool = False
     scope: str = "model"
+    boundaries: tuple[type[nn.Module], ...] = ()
+
+    def compile_options(self) -> dict[str, object]:
+        """The keyword arguments of ``fxpass.compile`` this entry is compiled with."""
+        options: dict[str, object] = {"scope": self.scope}
+        if self.boundaries:
+            options["boundaries"] = self.boundaries
+        return options
 
     def missing(self) -> tuple[str, ...]:
         """The required packages that are not installed."""
@@ -461,6 +471,67 @@ class ModeReading(nn.Module):
         return self.head(self.block(x))
 
 
+class ResidualBlock(nn.Module):
+    """A pre-norm residual block, as transformer and ResNet stages repeat them."""
+
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.fc = imitate(nn.Linear(width, width), "clip", soft_clip)
+        self.drop = nn.Dropout(0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.drop(self.fc(torch.relu(self.norm(x))))
+
+
+class Blocks(nn.Module):
+    """Identical blocks, each a boundary: FSDP2 shards them one by one, activation checkpointing
+    wraps them, torch.compile compiles them once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(ResidualBlock() for _ in range(3))
+        self.head = imitate(nn.Linear(8, 4), "halve", scaled(0.5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+
+class AuxHead(nn.Module):
+    """An auxiliary classifier used in training only (GoogLeNet, Inception v3): the model's own
+    forward reads ``self.training``, so fxpass traces it once per mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(imitate(nn.Linear(6, 6), "clip", soft_clip), nn.ReLU())
+        self.main = imitate(nn.Linear(6, 3), "halve", scaled(0.5))
+        self.aux = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.body(x)
+        out = self.main(h)
+        if self.training:
+            return out + 0.3 * self.aux(h)
+        return out
+
+
+class StochasticDepth(nn.Module):
+    """A drop rate applied in the model's own forward, as timm models do with ``drop_rate > 0``:
+    traced once per mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = imitate(nn.Linear(6, 6), "clip", soft_clip)
+        self.fc2 = imitate(nn.Linear(6, 3), "halve", scaled(0.5))
+        self.drop_rate = 0.25
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.dropout(torch.relu(self.fc1(x)), self.drop_rate, self.training)
+        return self.fc2(h)
+
+
 def _seeded(cls: type[nn.Module], *shape: int, tokens: int | None = None) -> Callable:
     def build() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
         generator = torch.Generator().manual_seed(0)
@@ -497,6 +568,10 @@ ZOO: tuple[ZooEntry, ...] = (
     ZooEntry("pruned", _seeded(Pruned, 3, 6), "torch.nn.utils.prune hooks, traced and called"),
     ZooEntry("lora", _seeded(WithLoRA, 3, 6), "a LoRA parametrization holding a lambda"),
     ZooEntry("mode_reading", _seeded(ModeReading, 3, 6), "a user module reading self.training"),
+    ZooEntry("blocks", _seeded(Blocks, 4, 8), "identical residual blocks, compiled as boundaries",
+             boundaries=(ResidualBlock,)),
+    ZooEntry("aux_head", _seeded(AuxHead, 3, 6), "an auxiliary head in training only (per-mode graphs)"),
+    ZooEntry("drop_rate", _seeded(StochasticDepth, 3, 6), "dropout in the model's own forward (per-mode)"),
 )
 
 

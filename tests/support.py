@@ -15,8 +15,8 @@ from fxpass import zoo
 
 
 def compile_entry(entry: zoo.ZooEntry, model: nn.Module) -> nn.Module:
-    """Compile a zoo model in the scope it needs."""
-    return fxpass.compile(model, scope=entry.scope)  # type: ignore[arg-type]
+    """Compile a zoo model with the options it needs (its scope, its boundaries)."""
+    return fxpass.compile(model, **entry.compile_options())  # type: ignore[arg-type]
 
 
 def graph_modules(model: nn.Module) -> list[torch.fx.GraphModule]:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import fxpass
 from fxpass import zoo
 from fxpass.cli import main
 
@@ -122,3 +123,13 @@ def test_python_dash_m_and_example(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "parity OK" in result.stdout and "reloaded output equal: True" in result.stdout
+
+
+def test_inspect_shows_the_boundaries_and_the_modes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for name, words in (("blocks", "boundaries (compiled on their own): blocks.0, blocks.1, blocks.2"),
+                        ("aux_head", "traced once per mode: train, eval")):
+        model, _ = zoo.get(name).build()
+        path = tmp_path / f"{name}.pt"
+        torch.save(fxpass.compile(model, **zoo.get(name).compile_options()), path)  # type: ignore[arg-type]
+        code, out, _ = run(capsys, "inspect", str(path))
+        assert code == 0 and words in out

@@ -57,7 +57,7 @@ def test_generated_code_walks_the_tree_dictionaries() -> None:
 def test_code_reads_the_same_objects_as_torch_fx_spelling(entry) -> None:
     """Every target, however the code spells it, names the object torch.fx's chain names."""
     model, _ = entry.build()
-    compiled = fxpass.compile(model, scope=entry.scope)  # type: ignore[arg-type]
+    compiled = fxpass.compile(model, **entry.compile_options())  # type: ignore[arg-type]
     for gm in [m for m in compiled.modules() if isinstance(m, torch.fx.GraphModule)]:
         for node in gm.graph.nodes:
             if node.op in ("get_attr", "call_module"):
@@ -304,3 +304,32 @@ def test_pytree_concrete_args_keep_torch_fx_pytree_code() -> None:
     inputs = {"a": torch.randn(2, 4), "b": torch.randn(2, 4)}
     assert torch.equal(gm(inputs), model(inputs))
     assert torch.equal(pickle.loads(pickle.dumps(gm))(inputs), model(inputs))
+
+
+# -- one class for compiled modules whose code is the same ---------------------------------------
+
+
+def _identical_pair() -> tuple[nn.Module, torch.fx.GraphModule, torch.fx.GraphModule]:
+    torch.manual_seed(0)
+    model = nn.Sequential(imitate(nn.Linear(3, 3), "halve", lambda w: w / 2), nn.ReLU())
+    return model, fxpass.compile(copy.deepcopy(model)), fxpass.compile(copy.deepcopy(model))
+
+
+def test_compiled_modules_with_the_same_code_share_one_class() -> None:
+    _, first, second = _identical_pair()
+    assert type(first) is type(second) and first.code == second.code
+
+
+def test_recompiling_one_of_them_gives_it_a_class_of_its_own() -> None:
+    model, first, second = _identical_pair()
+    x = torch.randn(2, 3)
+    relu = next(n for n in first.graph.nodes if n.op == "call_module")
+    with first.graph.inserting_after(relu):
+        doubled = first.graph.call_function(torch.mul, (relu, 2.0))
+    relu.replace_all_uses_with(doubled, delete_user_cb=lambda user: user is not doubled)
+    first.recompile()
+    assert type(first) is not type(second)
+    assert torch.equal(first(x), model(x) * 2)
+    assert torch.equal(second(x), model(x))  # its code is as it was
+    third = fxpass.compile(copy.deepcopy(model))  # the old code: it must not get first's forward
+    assert torch.equal(third(x), model(x))

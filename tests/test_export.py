@@ -50,6 +50,9 @@ NOT_SCRIPTABLE = {
     "pruned": "'L1Unstructured' object has no attribute '__name__'",  # prune's hook objects
     "lora": "Module 'LoRA' has no attribute 'dropout_fn'",  # the lambda, pickled by value
     "mode_reading": "block .ModeScaled. is kept as a call",
+    # fxpass.NotScriptableError: compiled once per mode; a scripted module would keep one graph
+    "aux_head": "compiled once per mode",
+    "drop_rate": "compiled once per mode",
 }
 # torch.jit.script of the frozen graph: what fails, and why.
 FROZEN_NOT_SCRIPTABLE = {

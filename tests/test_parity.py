@@ -160,8 +160,7 @@ def failing_names(report: ParityReport) -> list[str]:
 @pytest.mark.parametrize("entry", zoo_params())
 def test_check_passes_bitwise_over_the_zoo(entry: zoo.ZooEntry) -> None:
     model, example = entry.build()
-    scope = getattr(entry, "scope", "model")
-    report = check(model, example, steps=3, compile_options={"scope": scope} if scope != "model" else None)
+    report = check(model, example, steps=3, compile_options=entry.compile_options())
     assert report.ok, report.summary() + "\n" + report.table(failures_only=True)
     assert report.bitwise
     assert report.compile_counts is not None and sum(report.compile_counts.values()) > 0
