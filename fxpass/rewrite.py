@@ -48,8 +48,8 @@ def compile(  # noqa: A001 - the library's verb, like torch.compile
     and ``named_parameters()`` equal the runtime model's, in train and in eval mode.
 
     ``model`` is never modified. Like ``torch.fx.symbolic_trace``, the result shares the model's
-    parameter and buffer tensors and its unpatched leaf and transform modules: deep-copy the model
-    first if the two must train independently.
+    parameter and buffer tensors and its transform modules (its modules are copies sharing those
+    tensors): deep-copy the model first if the two must train independently.
 
     With ``scope="module"``, for models whose own forward torch.fx cannot trace (data-dependent
     control flow, most transformers models), the result is instead a copy of the model in which

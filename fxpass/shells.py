@@ -4,8 +4,9 @@ The compiled GraphModule cannot hold a class-patched module (its class is a loca
 what makes it unpicklable), so each patched module is replaced by an instance of the class below
 its patches: same ``__dict__`` (containers copied, tensors and child modules shared), minus the
 transform functions, which become graph nodes. Modules that are traced through, or that hold a
-patched module, are copied the same way so the tracer can watch them; any other module is shared
-as it is, as torch.fx shares leaf modules.
+patched module, are copied the same way so the tracer can watch them, and so are the leaves of
+torch.nn (the graph calls them; the tracer watches their mode); transform modules are shared as
+they are.
 """
 
 from __future__ import annotations
