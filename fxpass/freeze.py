@@ -88,6 +88,25 @@ def freeze(model: nn.Module) -> nn.Module:
     return _freeze_graph(compiled)
 
 
+def frozen_tensors(model: nn.Module) -> tuple[str, ...]:
+    """The paths of the tensors :func:`freeze` stored in ``model`` (``()`` for a model it did
+    not produce): ``frozen_*`` buffers of a frozen graph, and tensors frozen under their own
+    name (``"fc.weight"``) in modules that were kept as calls or ran eagerly.
+
+    Example:
+        >>> import torch.nn as nn, fxpass
+        >>> from imitation_runtime import imitate
+        >>> model = imitate(nn.Linear(3, 2), "halve", lambda w: w / 2)
+        >>> frozen_tensors(fxpass.freeze(model))
+        ('frozen_weight',)
+    """
+    paths: dict[str, None] = {}
+    for name, module in model.named_modules():
+        for path in module.__dict__.get(FROZEN_ATTRIBUTE, ()):
+            paths[join_path(name, path)] = None
+    return tuple(paths)
+
+
 def _is_part(model: nn.Module) -> bool:
     return isinstance(model, CompiledGraphModule) and type(model)._fxpass_base is not None
 
@@ -97,11 +116,10 @@ def _freeze_graph(gm: torch.fx.GraphModule) -> CompiledGraphModule:
     patched modules inside kept calls frozen in place. (A model traced once per mode holds its eval
     graph once in eval mode.)"""
     gm = gm.eval()
-    _freeze_reads(gm)
+    frozen = list(_freeze_reads(gm))
     graph = gm.graph
     owner = _transform_nodes(gm)
     interpreter = torch.fx.Interpreter(gm)
-    frozen: list[str] = []
     with torch.no_grad():
         for node in graph.nodes:
             if node.op == "get_attr" and any(user in owner for user in node.users):
@@ -189,16 +207,19 @@ def _freeze_in_place(model: nn.Module) -> nn.Module:
     reads those buffers instead of its transform nodes; the eager modules lose their read hooks.
     """
     model.eval()
-    _freeze_reads(model)
+    frozen = _freeze_reads(model)
     for module in model.modules():
         if find_record(module) is not None:
             _read_frozen(module)  # type: ignore[arg-type]
+    if not isinstance(model, torch.fx.GraphModule):
+        model.__dict__[FROZEN_ATTRIBUTE] = frozen
     return model
 
 
-def _freeze_reads(model: nn.Module) -> None:
+def _freeze_reads(model: nn.Module) -> tuple[str, ...]:
     """Freeze in place every module of ``model`` that reads its patched tensors eagerly (it holds
-    a read plan), and drop the eager forwards that evaluated those reads."""
+    a read plan), and drop the eager forwards that evaluated those reads; the frozen tensors'
+    paths."""
     names = {id(m): name for name, m in model.named_modules()}
     patched = [m for m in model.modules() if PLAN in m.__dict__]
     values: list[tuple[nn.Module, dict[str, torch.Tensor]]] = []
@@ -209,6 +230,7 @@ def _freeze_reads(model: nn.Module) -> None:
         _store_frozen(module, frozen)
     for module in model.modules():
         remove_eager_forward(module)
+    return tuple(join_path(names[id(module)], attribute) for module, frozen in values for attribute in frozen)
 
 
 def _frozen_values(module: nn.Module, path: str) -> dict[str, torch.Tensor]:

@@ -34,6 +34,7 @@ from torch import nn
 
 from fxpass.errors import FxpassError, InvalidModelError
 from fxpass.record import CompileRecord
+from fxpass.record import scope_record
 from fxpass.rewrite import compile as fxpass_compile
 from fxpass.rewrite import records
 
@@ -115,6 +116,8 @@ class ParityReport:
         time_ratio: candidate / reference eager forward time (median of a few interleaved
             ``no_grad`` eval calls). Indicative only: it is not a benchmark.
         graph_breaks: dynamo graph breaks of the candidate when the ``"dynamo"`` probe ran.
+        scope: ``"model"`` or ``"module"``: how :func:`fxpass.compile` compiled the candidate (with
+            ``scope="auto"``, which it chose), or None for a candidate it did not produce.
     """
 
     model: str
@@ -130,6 +133,7 @@ class ParityReport:
     kept_calls: int | None = None
     time_ratio: float | None = None
     graph_breaks: int | None = None
+    scope: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -263,6 +267,7 @@ def check(
     seed: int = 0,
     probes: Iterable[str] = (),
     compile_options: Mapping[str, Any] | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> ParityReport:
     """Train ``model`` and a candidate side by side and compare them after every step.
 
@@ -308,6 +313,8 @@ def check(
         probes: optional probes among ``"export"``, ``"dynamo"`` and ``"script"``.
         compile_options: keyword arguments of ``fxpass.compile`` (``scope``, ``concrete_args``)
             when ``candidate`` is None.
+        progress: called with a few words before each step, the save/load round trip and each
+            probe (``"train step 2/3"``): the command line reports long runs with it.
 
     Returns:
         The report; ``report.ok`` says whether every check passed.
@@ -345,13 +352,16 @@ def check(
         atol=float(atol),
         rtol=float(rtol),
         seed=seed,
+        progress=progress,
     )
     with torch.random.fork_rng(), _python_and_numpy_rng_restored():
         run.preflight()
         for mode in modes:
             run.trajectory(mode, steps)
+        _tell(progress, "save/load")
         run.save_load()
         for probe in probes:
+            _tell(progress, f"probe {probe}")
             run.probe(probe)
         time_ratio = run.time_ratio()
     counts, patched, kept = run.record_summary()
@@ -369,6 +379,7 @@ def check(
         kept_calls=kept,
         time_ratio=time_ratio,
         graph_breaks=run.graph_breaks,
+        scope=run.scope,
     )
 
 
@@ -392,8 +403,12 @@ class _Run:
         atol: float,
         rtol: float,
         seed: int,
+        progress: Callable[[str], None] | None = None,
     ) -> None:
         self.model = model
+        self.progress = progress
+        #: how fxpass.compile compiled the candidate ("model", "module"), or None
+        self.scope: str | None = None
         self.name = name
         self.inputs = inputs
         self.kwargs = kwargs
@@ -446,6 +461,7 @@ class _Run:
                 )
         if self.records is None:
             self.records = records(built)
+            self.scope = "module" if scope_record(built) is not None else "model" if self.records else None
         return built
 
     def record_summary(self) -> tuple[dict[str, int] | None, int | None, int | None]:
@@ -522,6 +538,7 @@ class _Run:
         names_failure = ""
         for step in range(1, steps + 1):
             prefix = f"{mode}/step{step}"
+            _tell(self.progress, f"{mode} step {step}/{steps}")
             for module in (reference, candidate):
                 for parameter in module.parameters():
                     parameter.grad = None
@@ -828,6 +845,11 @@ def _compare_tensors(
 
 
 # -- helpers ---------------------------------------------------------------------------------------
+
+
+def _tell(progress: Callable[[str], None] | None, message: str) -> None:
+    if progress is not None:
+        progress(message)
 
 
 def _seed_everything(seed: int) -> None:

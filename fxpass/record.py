@@ -96,6 +96,7 @@ class CompileRecord:
         modes: ``("train", "eval")`` for a model whose own forward reads ``self.training``: it
             was traced once per mode (see :class:`fxpass.ops.ModeGraphs`), and this is the record
             of the graph of the model's current mode.
+        scope_reason: with ``scope="auto"``, why model scope was used.
     """
 
     patched_modules: tuple[str, ...]
@@ -105,6 +106,7 @@ class CompileRecord:
     specialized: tuple[str, ...] = ()
     boundaries: tuple[str, ...] = ()
     modes: tuple[str, ...] = ()
+    scope_reason: str = ""
 
     def counts(self) -> dict[str, int]:
         """Number of rewrites by how they were emitted."""
@@ -129,6 +131,8 @@ class CompileRecord:
             )
         if self.boundaries:
             text += "\n\nboundaries (compiled on their own): " + ", ".join(self.boundaries)
+        if self.scope_reason:
+            text += "\n\n" + self.scope_reason
         if self.modes:
             text += "\n\ntraced once per mode: " + ", ".join(self.modes) + " (this is the record of the model's current mode)"
         return text
@@ -180,15 +184,19 @@ class ScopeRecord:
         parts: paths of the compiled parts (each a GraphModule with its own
             :class:`CompileRecord`), in model order.
         eager: the modules holding patched modules that run eagerly, in model order.
+        reason: with ``scope="auto"``, why module scope was used.
     """
 
     parts: tuple[str, ...]
     eager: tuple[EagerModule, ...]
+    reason: str = ""
 
     def table(self, fmt: str = "simple") -> str:
         """The eager modules as a table (any ``tabulate`` format), after a line counting the parts."""
         rows = [(e.module or "<model>", "yes" if e.patched else "", e.reason) for e in self.eager]
         text = f"{len(self.parts)} compiled part(s), {len(self.eager)} eager module(s)"
+        if self.reason:
+            text = f"{self.reason}\n{text}"
         if rows:
             text += "\n\n" + tabulate.tabulate(rows, headers=("eager module", "patched", "why"), tablefmt=fmt)
         return text

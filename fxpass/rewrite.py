@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from fxpass.codegen import ENTRY_ATTRIBUTE, GRAPH_MODE_ATTRIBUTE, MODES_ATTRIBUTE, EntryGuardError
 from fxpass.errors import InvalidModelError, UntraceableModelError
-from fxpass.ops import INSTANCE_ATTRIBUTES, TREE_ATTRIBUTES, CompiledGraphModule, LoadTracer, ModeGraphs
+from fxpass.ops import PRESERVED, INSTANCE_ATTRIBUTES, TREE_ATTRIBUTES, CompiledGraphModule, LoadTracer, ModeGraphs
 from fxpass.patches import find_patch_stack, join_path
 from fxpass.reading import install_eager_forward
 from fxpass.record import (
@@ -35,7 +35,7 @@ def compile(  # noqa: A001 - the library's verb, like torch.compile
     model: nn.Module,
     *,
     concrete_args: dict[str, Any] | None = None,
-    scope: Literal["model", "module"] = "model",
+    scope: Literal["model", "module", "auto"] = "model",
     inline_activations: bool = False,
     boundaries: Boundaries = None,
 ) -> nn.Module:
@@ -61,7 +61,10 @@ def compile(  # noqa: A001 - the library's verb, like torch.compile
         model: the model, patched anywhere in its tree (or not at all).
         concrete_args: arguments of ``model.forward`` to fix while tracing, as in
             ``torch.fx.symbolic_trace`` (model scope only).
-        scope: ``"model"`` for one GraphModule of the whole model, ``"module"`` as above.
+        scope: ``"model"`` for one GraphModule of the whole model, ``"module"`` as above, or
+            ``"auto"``: model scope where torch.fx traces the model's own forward, module scope
+            otherwise (the record says which, and why: ``CompileRecord.scope_reason``,
+            ``ScopeRecord.reason``).
         inline_activations: emit the activation modules of :data:`fxpass.ACTIVATIONS` (ReLU,
             GELU, Tanh, ... exact classes, without hooks) as their ``torch.nn.functional`` call
             instead of a ``call_module``: the same values, without a module call per activation
@@ -103,15 +106,37 @@ def compile(  # noqa: A001 - the library's verb, like torch.compile
             "itself (not its state_dict or a function)"
         )
     match = _matcher(boundaries)
+    if scope == "auto":
+        try:
+            result = _compile_at_model_scope(model, concrete_args, inline_activations, match)
+        except UntraceableModelError as error:
+            if concrete_args is not None:
+                raise
+            why = f"scope='auto': module scope, since {_reason(error)}"
+            return _ModuleScope(inline_activations, match, why).compile(model)
+        record = result.__dict__[RECORD_ATTRIBUTE]
+        result.__dict__[RECORD_ATTRIBUTE] = result.meta[PRESERVED][RECORD_ATTRIBUTE] = dataclasses.replace(
+            record, scope_reason="scope='auto': model scope, since torch.fx traces the model's own forward"
+        )
+        return result
     if scope == "module":
         if concrete_args is not None:
             raise InvalidModelError("concrete_args applies to scope='model' only")
         return _ModuleScope(inline_activations, match).compile(model)
     if scope != "model":
-        raise InvalidModelError(f"scope must be 'model' or 'module', got {scope!r}")
+        raise InvalidModelError(f"scope must be 'auto', 'model' or 'module', got {scope!r}")
+    return _compile_at_model_scope(model, concrete_args, inline_activations, match)
+
+
+def _compile_at_model_scope(
+    model: nn.Module,
+    concrete_args: dict[str, Any] | None,
+    inline_activations: bool,
+    match: Callable[[str, nn.Module], bool] | None,
+) -> CompiledGraphModule:
     if match is None:
         return _compile_model(model, concrete_args, inline_activations)
-    return _ModuleScope(inline_activations, match).compile_model(model, concrete_args)
+    return _ModuleScope(inline_activations, match).compile_model(model, concrete_args)  # type: ignore[return-value]
 
 
 Boundaries = Union[type, tuple[type, ...], Callable[[str, nn.Module], bool], None]
@@ -292,8 +317,11 @@ class _ModuleScope:
     compiled parts; the modules around them are copied and run eagerly, reading patched tensors
     as the runtime does (:mod:`fxpass.reading`)."""
 
-    def __init__(self, inline_activations: bool, match: Callable[[str, nn.Module], bool] | None = None) -> None:
+    def __init__(
+        self, inline_activations: bool, match: Callable[[str, nn.Module], bool] | None = None, why: str = ""
+    ) -> None:
         self.inline_activations = inline_activations
+        self.why = why  # (scope='auto': why module scope)
         #: which modules are boundaries (see fxpass.compile), or None
         self.match = match
         self.boundaries: list[str] = []
@@ -307,7 +335,7 @@ class _ModuleScope:
         result = self.visit(model, "")
         self.finish(result)
         if result is not model and not isinstance(result, torch.fx.GraphModule):
-            result.__dict__[SCOPE_ATTRIBUTE] = ScopeRecord(tuple(self.parts), tuple(self.eager))
+            result.__dict__[SCOPE_ATTRIBUTE] = ScopeRecord(tuple(self.parts), tuple(self.eager), self.why)
         return result
 
     def compile_model(self, model: nn.Module, concrete_args: dict[str, Any] | None) -> nn.Module:

@@ -449,3 +449,46 @@ def test_the_model_itself_is_traced_with_the_arguments_its_user_passes() -> None
     assert fxpass.records(compiled)[""].specialized == ()
     x = torch.randn(2, 4)
     assert torch.equal(compiled(x, x), model(x, x))
+
+
+# -- scope="auto" ------------------------------------------------------------------------------------
+
+
+def test_scope_auto_traces_a_traceable_model_whole_and_says_why() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(imitate(nn.Linear(4, 4), "halve", halve), nn.ReLU())
+    before = snapshot(model)
+    auto = fxpass.compile(copy.deepcopy(model), scope="auto")  # (a compiled model shares the tensors)
+    whole = fxpass.compile(model, scope="model")
+    assert_same_snapshot(before, snapshot(model))
+    assert isinstance(auto, torch.fx.GraphModule) and fxpass.scope_record(auto) is None
+    assert auto.code == whole.code
+    record = fxpass.record_of(auto)
+    assert record.scope_reason == "scope='auto': model scope, since torch.fx traces the model's own forward"
+    assert record.scope_reason in record.table()
+    assert dataclasses.replace(record, scope_reason="") == fxpass.record_of(whole)
+    assert fxpass.record_of(round_trip(auto)).scope_reason == record.scope_reason
+    steps_side_by_side(model, auto, (torch.randn(3, 4),))
+
+
+def test_scope_auto_compiles_an_untraceable_model_module_by_module_and_says_why() -> None:
+    torch.manual_seed(0)
+    model = ReadsChildWeight()
+    auto, modules = fxpass.compile(copy.deepcopy(model), scope="auto"), compile_modules(model)
+    record = fxpass.scope_record(auto)
+    assert record is not None
+    assert record.parts == fxpass.scope_record(modules).parts == ("dt",)
+    assert record.eager == fxpass.scope_record(modules).eager
+    assert record.reason.startswith("scope='auto': module scope, since torch.fx cannot trace it (")
+    assert record.reason == f"scope='auto': module scope, since {record.eager[0].reason}"
+    assert record.reason in record.table()
+    assert auto.dt.code == modules.dt.code
+    x = torch.randn(3, 4).abs()
+    for inputs in ((x,), (-x,)):
+        steps_side_by_side(model, auto, inputs)
+
+
+def test_scope_auto_with_concrete_args_does_not_fall_back() -> None:
+    # concrete_args apply to model scope only: a model they do not make traceable is refused
+    with pytest.raises(fxpass.UntraceableModelError, match="ReadsChildWeight"):
+        fxpass.compile(ReadsChildWeight(), scope="auto", concrete_args={})
