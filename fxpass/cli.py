@@ -6,46 +6,75 @@ Commands:
   save it whole;
 * ``fxpass parity``: the parity harness over the built-in zoo, or over ``--model pkg.mod:factory``;
 * ``fxpass compile pkg.mod:factory -o model.pt``: compile a user's model and save it whole;
+* ``fxpass export pkg.mod:factory -o model.pt2``: compile, freeze and export a user's model
+  (``torch.export`` or ONNX), then check what was written against the runtime model;
 * ``fxpass inspect model.pt``: what a saved compiled model rewrote, and its generated code.
 
-Exit codes: 0 when everything asked holds, 1 when a parity check fails, 2 on bad input (one line
-on stderr; ``--debug`` shows the traceback).
+A factory is a callable without arguments that returns ``(model, example_inputs)``: the inputs
+are a tuple of positional inputs, a dict of keyword inputs, or a single tensor.
+
+Exit codes: 0 when everything asked holds, 1 when a parity check fails or an export differs from
+the runtime model by more than ``--atol``, 2 on bad input (one line on stderr; ``--debug`` shows
+the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib
+import inspect
+import io
 import json
+import logging
+import math
+import os
 import pickle
+import re
 import sys
 import time
+import traceback
+import zipfile
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import tabulate
 import torch
 import torch.fx
 import torch.nn as nn
+from torch.utils import _pytree as pytree
 
 from fxpass import zoo
 from fxpass.errors import FxpassError
+from fxpass.freeze import freeze, frozen_tensors
 from fxpass.parity import ParityReport, check
-from fxpass.record import CompileRecord
+from fxpass.record import CompileRecord, scope_record
 from fxpass.rewrite import compile, records
 
 __all__ = ["CommandError", "load_factory", "main"]
 
 FORMATS = {"text": "simple", "markdown": "github"}
 
+#: version of the JSON that ``fxpass parity --format json`` and ``fxpass inspect --format json``
+#: print; it changes only when a key is removed or changes meaning
+JSON_SCHEMA = 1
+
+#: seconds a model's parity run may take before each of its steps is reported on stderr
+PROGRESS_AFTER_S = 2.0
+
 
 class CommandError(FxpassError, ValueError):
     """Bad input at the command line: a path that does not import, a file that is not a model."""
 
 
+# -- factories ------------------------------------------------------------------------------------
+
+
 def load_factory(spec: str) -> Callable[[], Any]:
-    """Import ``pkg.module:factory``.
+    """Import ``pkg.module:factory`` (:func:`main` puts the working directory first on
+    ``sys.path``, as ``python -m`` does: ``fxpass parity --model mymodels:cnn`` finds
+    ``./mymodels.py``).
 
     Raises:
         CommandError: the spec is malformed, the module does not import or lacks the name.
@@ -57,30 +86,86 @@ def load_factory(spec: str) -> Callable[[], Any]:
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
         raise CommandError(f"{spec!r} is not of the form pkg.module:factory")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise CommandError(f"cannot import {module_name!r} (from {spec!r}): {error}") from error
-    target: Any = module
-    for part in attribute.split("."):
-        if not hasattr(target, part):
-            raise CommandError(f"module {module_name!r} has no attribute {attribute!r}")
-        target = getattr(target, part)
+    target = _import_attribute(module_name, attribute, spec)
     if not callable(target):
         raise CommandError(f"{spec!r} is not callable")
     return target
 
 
-def _build_user_model(spec: str) -> tuple[nn.Module, tuple[Any, ...]]:
+def _import_attribute(module_name: str, attribute: str, spec: str) -> Any:
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as error:
+        raise CommandError(f"cannot import {module_name!r} (from {spec!r}): {error}") from error
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise CommandError(f"module {module_name!r} has no attribute {attribute!r}")
+        target = getattr(target, part)
+    return target
+
+
+@dataclasses.dataclass
+class _Built:
+    """What a factory returned: the model and its example inputs, positional and keyword."""
+
+    name: str
+    model: nn.Module
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    options: dict[str, Any]  # fxpass.compile options (a zoo entry's own)
+
+    def __call__(self, module: nn.Module) -> Any:
+        return module(*self.args, **self.kwargs)
+
+
+def _build_user_model(spec: str) -> _Built:
     factory = load_factory(spec)
     try:
         built = factory()
     except Exception as error:
         raise CommandError(f"the factory {spec} raised {type(error).__name__}: {error}") from error
     if not (isinstance(built, tuple) and len(built) == 2 and isinstance(built[0], nn.Module)):
-        raise CommandError(f"the factory {spec} must return (model, example_inputs)")
+        raise CommandError(
+            f"the factory {spec} must return (model, example_inputs), the inputs a tuple, a dict "
+            f"of keyword inputs or one tensor; it returned a {type(built).__name__}"
+        )
     model, inputs = built
-    return model, tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+    if isinstance(inputs, dict):
+        return _Built(spec, model, (), dict(inputs), {})
+    return _Built(spec, model, tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,), {}, {})
+
+
+def _compile_options(args: argparse.Namespace, own: dict[str, Any]) -> dict[str, Any]:
+    """``fxpass.compile`` options: ``--scope`` and ``--boundaries`` when given, else the zoo
+    entry's own, else ``scope="auto"``."""
+    options = dict(own)
+    if args.scope is not None:
+        options["scope"] = args.scope
+    options.setdefault("scope", "auto")
+    if args.boundaries:
+        options["boundaries"] = tuple(_load_class(name) for name in args.boundaries.split(",") if name.strip())
+    return options
+
+
+def _load_class(name: str) -> type:
+    """A class named ``pkg.module.Class`` (or ``pkg.module:Class``)."""
+    name = name.strip()
+    module_name, sep, attribute = name.partition(":") if ":" in name else name.rpartition(".")
+    if not sep or not module_name or not attribute:
+        raise CommandError(f"--boundaries: {name!r} is not a dotted class name (pkg.module.Class)")
+    target = _import_attribute(module_name, attribute, name)
+    if not (isinstance(target, type) and issubclass(target, nn.Module)):
+        raise CommandError(f"--boundaries: {name} is not an nn.Module class")
+    return target
+
+
+def _scope_of(compiled: nn.Module) -> str:
+    return "module" if scope_record(compiled) is not None else "model"
+
+
+def _parts(compiled: nn.Module) -> int:
+    scope = scope_record(compiled)
+    return len(scope.parts) if scope is not None else len(records(compiled))
 
 
 def _progress(message: str) -> None:
@@ -88,6 +173,25 @@ def _progress(message: str) -> None:
 
 
 # -- parity ---------------------------------------------------------------------------------------
+
+#: the keys of a model's row in ``fxpass parity --format json``, with their column in the table
+COLUMNS = {
+    "model": "model",
+    "scope": "scope",
+    "patched": "patched",
+    "inlined": "inlined",
+    "module": "module",
+    "opaque": "opaque",
+    "kept_calls": "kept calls",
+    "train_forward": "train fwd",
+    "eval_forward": "eval fwd",
+    "grads": "grads",
+    "trajectory": "{steps}-step trajectory",
+    "state_dict": "state_dict",
+    "save_load": "save/load",
+    "time_ratio": "time ratio",
+    "ok": "ok",
+}
 
 
 def _verdict(report: ParityReport, *parts: str) -> str:
@@ -97,62 +201,84 @@ def _verdict(report: ParityReport, *parts: str) -> str:
     return "ok" if all(r.passed for r in rows) else "FAIL"
 
 
-def _zoo_row(name: str, report: ParityReport, seconds: float) -> dict[str, Any]:
+def _parity_row(name: str, report: ParityReport, seconds: float) -> dict[str, Any]:
     counts = report.compile_counts or {}
     return {
         "model": name,
+        "scope": report.scope,
         "patched": report.patched_modules,
         "inlined": counts.get("inlined"),
         "module": counts.get("module"),
         "opaque": counts.get("opaque"),
-        "kept calls": report.kept_calls,
-        "train fwd": _verdict(report, "train/step1/output"),
-        "eval fwd": _verdict(report, "eval/step1/output"),
+        "kept_calls": report.kept_calls,
+        "train_forward": _verdict(report, "train/step1/output"),
+        "eval_forward": _verdict(report, "eval/step1/output"),
         "grads": _verdict(report, "/grad"),
-        f"{report.steps}-step trajectory": _verdict(report, "/params", "/buffers", "/output"),
+        "trajectory": _verdict(report, "/params", "/buffers", "/output"),
         "state_dict": _verdict(report, "state_dict/", "param_names"),
-        "save/load": _verdict(report, "save_load/"),
-        "time ratio": None if report.time_ratio is None else round(report.time_ratio, 2),
+        "save_load": _verdict(report, "save_load/"),
+        "time_ratio": None if report.time_ratio is None else round(report.time_ratio, 2),
         "ok": report.ok,
         "seconds": round(seconds, 1),
     }
 
 
+class _StepProgress:
+    """Reports a model's steps on stderr once its run has taken more than a few seconds."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.start = time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        if time.perf_counter() - self.start > PROGRESS_AFTER_S:
+            _progress(f"fxpass parity: {self.name}: {message}")
+
+
 def _parity(args: argparse.Namespace) -> int:
-    runs: list[tuple[str, nn.Module, tuple[Any, ...], dict[str, Any]]] = []
-    skipped: list[tuple[str, str]] = []
+    runs: list[_Built] = []
+    skipped: list[dict[str, str]] = []
     if args.model:
-        model, inputs = _build_user_model(args.model)
-        runs.append((args.model, model, inputs, {}))
+        runs.append(_build_user_model(args.model))
     else:
         for entry in zoo.entries():
             if entry.missing():
-                skipped.append((entry.name, f"needs {', '.join(entry.missing())}"))
+                skipped.append({"model": entry.name, "reason": f"needs {', '.join(entry.missing())}"})
                 continue
             model, inputs = entry.build()
-            runs.append((entry.name, model, inputs, entry.compile_options()))
+            runs.append(_Built(entry.name, model, tuple(inputs), {}, entry.compile_options()))
+    options = [_compile_options(args, built.options) for built in runs]  # bad --boundaries: before any run
     rows, reports = [], {}
-    for name, model, inputs, options in runs:
-        _progress(f"fxpass parity: {name} ...")
+    for built, compile_options in zip(runs, options):
+        _progress(f"fxpass parity: {built.name} ...")
         start = time.perf_counter()
         with contextlib.redirect_stdout(sys.stderr):  # qsparse prints its schedule as it trains
-            report = check(model, inputs, steps=args.steps, compile_options=options)
-        rows.append(_zoo_row(name, report, time.perf_counter() - start))
-        reports[name] = report
+            report = check(
+                built.model,
+                built.args,
+                example_kwargs=built.kwargs,
+                steps=args.steps,
+                compile_options=compile_options,
+                progress=_StepProgress(built.name),
+            )
+        rows.append(_parity_row(built.name, report, time.perf_counter() - start))
+        reports[built.name] = report
     ok = all(report.ok for report in reports.values())
     if args.format == "json":
-        print(json.dumps({"ok": ok, "models": rows, "skipped": skipped,
-                          "reports": {k: r.to_dict() for k, r in reports.items()}}, indent=2))
-    else:
-        fmt = FORMATS[args.format]
-        print(tabulate.tabulate([{k: v for k, v in row.items() if k != "seconds"} for row in rows],
-                                headers="keys", tablefmt=fmt))
-        for name, reason in skipped:
-            print(f"skipped {name}: {reason}")
-        for name, report in reports.items():
-            if not report.ok:
-                print(f"\n{report.summary()}\n{report.table(fmt, failures_only=True)}")
-        print("\ntime ratio: compiled / runtime eager forward, indicative (see benchmarks/)")
+        models = [{**row, "report": reports[row["model"]].to_dict()} for row in rows]
+        print(json.dumps({"schema": JSON_SCHEMA, "ok": ok, "steps": args.steps, "models": models,
+                          "skipped": skipped}, indent=2))  # fmt: skip
+        return 0 if ok else 1
+    fmt = FORMATS[args.format]
+    headers = {key: column.format(steps=args.steps) for key, column in COLUMNS.items()}
+    print(tabulate.tabulate([[row[key] for key in headers] for row in rows], headers=list(headers.values()),
+                            tablefmt=fmt))  # fmt: skip
+    for skip in skipped:
+        print(f"skipped {skip['model']}: {skip['reason']}")
+    for name, report in reports.items():
+        if not report.ok:
+            print(f"\n{report.summary()}\n{report.table(fmt, failures_only=True)}")
+    print("\ntime ratio: compiled / runtime eager forward, indicative (see benchmarks/)")
     return 0 if ok else 1
 
 
@@ -160,11 +286,15 @@ def _parity(args: argparse.Namespace) -> int:
 
 
 def _compile(args: argparse.Namespace) -> int:
-    model, _ = _build_user_model(args.factory)
-    compiled = compile(model, scope=args.scope, inline_activations=args.inline_activations)
-    torch.save(compiled, args.output)
-    counts = _counts(records(compiled))
-    print(f"compiled {type(model).__name__} ({counts}) and saved it whole to {args.output}")
+    _writable(args.output)
+    built = _build_user_model(args.factory)
+    options = _compile_options(args, {})
+    compiled = compile(built.model, inline_activations=args.inline_activations, **options)
+    _save(lambda: torch.save(compiled, args.output), args.output)
+    print(
+        f"compiled {type(built.model).__name__} at {_scope_of(compiled)} scope "
+        f"({_parts(compiled)} part(s): {_counts(records(compiled))}) and saved it whole to {args.output}"
+    )
     return 0
 
 
@@ -179,6 +309,11 @@ def _counts(parts: dict[str, CompileRecord]) -> str:
 def _load_model(path: Path) -> nn.Module:
     if not path.is_file():
         raise CommandError(f"{path}: no such file")
+    if _is_exported_program(path):
+        raise CommandError(
+            f"{path}: a torch.export archive (load it with torch.export.load); fxpass inspect reads "
+            "models saved whole by fxpass compile or torch.save"
+        )
     try:
         loaded = torch.load(path, weights_only=False)
     except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, AttributeError, ImportError) as error:
@@ -188,17 +323,33 @@ def _load_model(path: Path) -> nn.Module:
     return loaded
 
 
+def _is_exported_program(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/archive_format") for name in archive.namelist())
+
+
 def _inspect(args: argparse.Namespace) -> int:
     model = _load_model(args.path)
     parts = records(model)
     if not parts:
         raise CommandError(f"{args.path}: a {type(model).__name__} that fxpass.compile did not produce")
-    fmt = FORMATS.get(args.format, "simple")
+    scope = scope_record(model)
     if args.format == "json":
-        import dataclasses
-
-        print(json.dumps({path: dataclasses.asdict(record) for path, record in parts.items()}, indent=2))
+        data = {
+            "schema": JSON_SCHEMA,
+            "model": type(model).__name__,
+            "scope": _scope_of(model),
+            "scope_reason": scope.reason if scope is not None else next(iter(parts.values())).scope_reason,
+            "eager": [] if scope is None else [dataclasses.asdict(e) for e in scope.eager],
+            "parts": {path: dataclasses.asdict(record) for path, record in parts.items()},
+        }
+        print(json.dumps(data, indent=2))
         return 0
+    fmt = FORMATS[args.format]
+    if scope is not None:
+        print(f"# {type(model).__name__}, compiled at module scope\n\n{scope.table(fmt)}\n")
     for path, record in parts.items():
         part = model.get_submodule(path)
         print(f"# {path or '<model>'} ({type(part).__name__}): {_counts({path: record})}\n")
@@ -231,13 +382,271 @@ def _example(args: argparse.Namespace) -> int:
     return 0 if report.ok and same else 1
 
 
+# -- export ---------------------------------------------------------------------------------------
+
+#: what ``fxpass export --format onnx`` imports, all in the ``[export]`` extra
+ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
+
+
+def _export(args: argparse.Namespace) -> int:
+    target = args.format or ("onnx" if args.output.suffix == ".onnx" else "pt2")
+    if target == "onnx":
+        _require(ONNX_PACKAGES, "--format onnx")
+    _writable(args.output)
+    built = _build_user_model(args.factory)
+    name = type(built.model).__name__
+    _progress(f"fxpass export: compiling and freezing {name} ...")
+    compiled = compile(built.model, **_compile_options(args, {}))
+    frozen = freeze(compiled)  # before the runtime call below: a stateful transform (qsparse's)
+    built.model.eval()  # moves on at every call, and the snapshot is of its first eval-mode value
+    try:
+        with torch.no_grad():
+            expected = _tensors(built(built.model))
+    except Exception as error:
+        raise CommandError(
+            f"the runtime model {name} raised {type(error).__name__} on the example inputs of "
+            f"{args.factory}: {error}"
+        ) from error
+    _progress(f"fxpass export: exporting to {args.output} ({target}) ...")
+    with _exporting(frozen, name, args.debug):
+        save, run = (_export_pt2 if target == "pt2" else _export_onnx)(frozen, built, args.output)
+    _save(save, args.output)
+    _progress(f"fxpass export: loading {args.output} and running it against the runtime model ...")
+    try:
+        got = run()
+    except CommandError:
+        raise
+    except Exception as error:
+        raise CommandError(f"{args.output} was written but does not run: {_one_line(error)}") from error
+    error = _max_abs_error(expected, got)
+    row = {
+        "model": name,
+        "scope": _scope_of(compiled),
+        "parts": _parts(compiled),
+        "frozen tensors": len(frozen_tensors(frozen)),
+        "format": target,
+        "max abs error": f"{error:.3g}",
+        "file size": _size(args.output),
+    }
+    print(tabulate.tabulate([row], headers="keys"))
+    if len(got) != len(expected):
+        print(f"\nFAILED: {args.output} returns {len(got)} tensor(s), the runtime model {len(expected)}")
+        return 1
+    if not error <= args.atol:
+        print(f"\nFAILED: the max abs error {error:.3g} exceeds --atol {args.atol:g}")
+        return 1
+    print(f"\nok: {args.output} matches the runtime model's eval output within --atol {args.atol:g}")
+    return 0
+
+
+Exported = tuple[Callable[[], object], Callable[[], list[torch.Tensor]]]  # (save, load and run)
+
+
+def _export_pt2(frozen: nn.Module, built: _Built, path: Path) -> Exported:
+    program = torch.export.export(frozen, built.args, built.kwargs)
+
+    def run() -> list[torch.Tensor]:
+        with torch.no_grad():
+            return _tensors(built(torch.export.load(path).module()))
+
+    return lambda: torch.export.save(program, path), run
+
+
+def _export_onnx(frozen: nn.Module, built: _Built, path: Path) -> Exported:
+    with contextlib.redirect_stdout(sys.stderr):  # the exporter reports its stages on stdout
+        program = torch.onnx.export(frozen, built.args, kwargs=built.kwargs, dynamo=True, verbose=False)
+    feeds = _onnx_feeds(frozen, built)
+
+    def run() -> list[torch.Tensor]:
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        names = [i.name for i in session.get_inputs()]
+        by_name = {n: feeds[n] for n in names if n in feeds}
+        values = [by_name[n] for n in names] if len(by_name) == len(names) else list(feeds.values())
+        if len(values) != len(names):
+            raise CommandError(
+                f"{path}: the ONNX graph takes {len(names)} input(s) ({', '.join(names)}), "
+                f"the example inputs hold {len(values)} tensor(s)"
+            )
+        outputs = session.run(None, {n: v.numpy() for n, v in zip(names, values)})
+        return [torch.from_numpy(output) for output in outputs]
+
+    return lambda: program.save(str(path)), run
+
+
+def _onnx_feeds(model: nn.Module, built: _Built) -> dict[str, torch.Tensor]:
+    """The tensor inputs, by the name the ONNX exporter gives them (the forward's argument names;
+    nested inputs ``name_0``, ``name_1``, ...), in the order of the forward's arguments."""
+    try:
+        bound = inspect.signature(model.forward).bind(*built.args, **built.kwargs).arguments
+    except TypeError:
+        bound = {f"input_{i}": value for i, value in enumerate(built.args)} | built.kwargs
+    feeds: dict[str, torch.Tensor] = {}
+    for argument, value in bound.items():
+        leaves = [leaf for leaf in pytree.tree_leaves(value) if isinstance(leaf, torch.Tensor)]
+        if isinstance(value, torch.Tensor):
+            feeds[argument] = value.detach()
+        else:
+            feeds.update({f"{argument}_{i}": leaf.detach() for i, leaf in enumerate(leaves)})
+    return feeds
+
+
+@contextlib.contextmanager
+def _exporting(model: nn.Module, name: str, debug: bool) -> Iterator[None]:
+    """Turn an exporter's failure into one line that names the module it failed in (and keep
+    torch's own warnings and the partial graph it prints on a failure quiet, unless ``--debug``)."""
+    try:
+        with contextlib.nullcontext() if debug else _torch_logs_quiet():
+            yield
+    except (CommandError, KeyboardInterrupt):
+        raise
+    except Exception as error:
+        where = _failing_module(error, model)
+        cache = re.search(r"<class '(?:[\w.]*\.)?(\w*Cache)'>", _chain_text(error))
+        if cache is not None:  # the usual first failure of a transformers model
+            article = "an" if cache[1][0] in "AEIOU" else "a"
+            raise CommandError(
+                f"cannot export {name}{where}: its output holds {article} {cache[1]}, and transformers' "
+                "caches are not pytree nodes: export the forward without one (use_cache=False in the "
+                "factory's keyword inputs)"
+            ) from error
+        raise CommandError(f"cannot export {name}{where}: {_one_line(error)}") from error
+
+
+def _one_line(error: BaseException) -> str:
+    """``Type: first line`` of the innermost error ``error`` was raised from (the ONNX exporter
+    wraps what torch.export raised), without terminal colours, at most a few hundred characters."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    reason = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(error)).split("\n", 1)[0].split())
+    if len(reason) > 300:
+        reason = reason[:297] + "..."
+    return f"{type(error).__name__}: {reason}" if reason else type(error).__name__
+
+
+def _chain_text(error: BaseException) -> str:
+    texts, current = [], error
+    while current is not None and len(texts) < 10:
+        texts.append(str(current))
+        current = current.__cause__
+    return "\n".join(texts)
+
+
+@contextlib.contextmanager
+def _torch_logs_quiet() -> Iterator[None]:
+    logger = logging.getLogger("torch")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _failing_module(error: BaseException, model: nn.Module) -> str:
+    """`` in module 'path' (Class)`` for the innermost module of ``model`` whose code the
+    traceback of ``error`` (or of the errors it was raised from) passes through, else ``""``."""
+    names = {id(module): path for path, module in model.named_modules()}
+    found: nn.Module | None = None
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        for frame, _ in traceback.walk_tb(current.__traceback__):
+            owner = frame.f_locals.get("self")
+            if id(owner) in names:
+                found = owner
+        current = current.__cause__ or current.__context__
+    if found is None or not names[id(found)]:
+        return ""
+    return f" in module {names[id(found)]!r} ({type(found).__name__})"
+
+
+def _tensors(output: Any) -> list[torch.Tensor]:
+    return [leaf.detach() for leaf in pytree.tree_leaves(output) if isinstance(leaf, torch.Tensor)]
+
+
+def _max_abs_error(expected: list[torch.Tensor], got: list[torch.Tensor]) -> float:
+    """The largest absolute difference over the output tensors (NaN where both are NaN counts as
+    equal; a shape mismatch or a NaN on one side only is infinite)."""
+    worst = 0.0
+    for want, have in zip(expected, got):
+        if want.shape != have.shape:
+            return math.inf
+        want, have = want.double(), have.double()
+        both_nan = want.isnan() & have.isnan()
+        difference = torch.where(both_nan, 0.0, (want - have).abs()).nan_to_num(nan=math.inf)
+        if difference.numel():
+            worst = max(worst, float(difference.max()))
+    return worst
+
+
+def _require(packages: Sequence[str], what: str) -> None:
+    missing = []
+    for package in packages:
+        try:
+            importlib.import_module(package)
+        except ImportError:
+            missing.append(package)
+    if missing:
+        raise CommandError(f"{what} needs {', '.join(missing)}: pip install \"fxpass[export]\"")
+
+
+def _writable(path: Path) -> None:
+    """Refuse, before any work, an output path that cannot be written."""
+    if path.is_dir():
+        raise CommandError(f"cannot write {path}: it is a directory")
+    parent = path.parent
+    if parent.exists() and not parent.is_dir():
+        raise CommandError(f"cannot write {path}: {parent} is not a directory")
+    if not parent.is_dir():
+        raise CommandError(f"cannot write {path}: the directory {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise CommandError(f"cannot write {path}: permission denied")
+
+
+def _save(save: Callable[[], object], path: Path) -> None:
+    try:
+        save()
+    except OSError as error:
+        raise CommandError(f"cannot write {path}: {error.strerror or error}") from error
+    except RuntimeError as error:  # torch's archive writer
+        reason = re.search(r"strerror: (.*)", str(error))
+        raise CommandError(f"cannot write {path}: {reason[1] if reason else error}") from error
+
+
+def _size(path: Path) -> str:
+    size = float(path.stat().st_size)
+    for unit in ("B", "KiB", "MiB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
 # -- entry point ----------------------------------------------------------------------------------
+
+
+def _add_compile_options(parser: argparse.ArgumentParser, default: str = "auto") -> None:
+    parser.add_argument(
+        "--scope",
+        choices=["auto", "model", "module"],
+        help=f"how fxpass.compile compiles the model (default: {default})",
+    )
+    parser.add_argument(
+        "--boundaries",
+        metavar="CLASSES",
+        help="comma-separated dotted names of module classes compiled on their own (pkg.mod.Block)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fxpass", description="Compile class-patched PyTorch models into plain GraphModules.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     commands = parser.add_subparsers(dest="command", required=True)
+    factory_help = "pkg.module:factory returning (model, example_inputs)"
 
     example = commands.add_parser("example", help="compile a built-in model, check it, save it")
     example.add_argument("--model", default="cnn_bn", choices=[e.name for e in zoo.entries()])
@@ -245,24 +654,35 @@ def _parser() -> argparse.ArgumentParser:
     example.set_defaults(run=_example)
 
     parity = commands.add_parser("parity", help="check compiled models against runtime ones")
-    parity.add_argument("--model", help="pkg.module:factory returning (model, example_inputs)")
+    parity.add_argument("--model", help=factory_help + " (default: the built-in zoo)")
     parity.add_argument("--steps", type=int, default=3, help="optimizer steps per mode")
     parity.add_argument("--format", choices=["text", "markdown", "json"], default="text")
+    _add_compile_options(parity, default="auto, or a zoo model's own")
     parity.set_defaults(run=_parity)
 
     comp = commands.add_parser("compile", help="compile a model and save it whole")
-    comp.add_argument("factory", help="pkg.module:factory returning (model, example_inputs)")
+    comp.add_argument("factory", help=factory_help)
     comp.add_argument("-o", "--output", type=Path, required=True)
-    comp.add_argument("--scope", choices=["model", "module"], default="model")
+    _add_compile_options(comp)
     comp.add_argument(
         "--inline-activations", action="store_true", help="emit activation modules as functional calls"
     )
     comp.set_defaults(run=_compile)
 
-    inspect = commands.add_parser("inspect", help="show what a saved compiled model rewrote")
-    inspect.add_argument("path", type=Path)
-    inspect.add_argument("--format", choices=["text", "markdown", "json"], default="text")
-    inspect.set_defaults(run=_inspect)
+    export = commands.add_parser("export", help="compile, freeze and export a model, then check the file")
+    export.add_argument("factory", help=factory_help)
+    export.add_argument("-o", "--output", type=Path, required=True)
+    export.add_argument(
+        "--format", choices=["pt2", "onnx"], help="torch.export or ONNX (default: onnx for a .onnx file, else pt2)"
+    )
+    export.add_argument("--atol", type=float, default=1e-5, help="largest abs error accepted (default 1e-5)")
+    _add_compile_options(export)
+    export.set_defaults(run=_export)
+
+    inspect_ = commands.add_parser("inspect", help="show what a saved compiled model rewrote")
+    inspect_.add_argument("path", type=Path)
+    inspect_.add_argument("--format", choices=["text", "markdown", "json"], default="text")
+    inspect_.set_defaults(run=_inspect)
     return parser
 
 
@@ -274,10 +694,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         2
     """
     args = _parser().parse_args(argv)
+    if os.getcwd() not in sys.path and "" not in sys.path:  # factories, and what saved models import
+        sys.path.insert(0, os.getcwd())
     try:
         return args.run(args)
+    except BrokenPipeError:  # | head: the reader has what it wanted
+        sys.stderr.close()
+        return 0
     except FxpassError as error:
         if args.debug:
             raise
-        print(f"fxpass {args.command}: {error}", file=sys.stderr)
+        message = " ".join(str(error).split())  # one line, whatever the message holds
+        print(f"fxpass {args.command}: {message}", file=sys.stderr)
         return 2

@@ -43,3 +43,31 @@ def drifting() -> tuple[nn.Module, tuple[torch.Tensor]]:
     torch.manual_seed(0)
     model = nn.Sequential(imitate(nn.Linear(4, 3), "drift", Drifting()))
     return model, (torch.randn(2, 4),)
+
+
+class Keywords(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = imitate(nn.Linear(4, 3), "halve", lambda w: w / 2)
+
+    def forward(self, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        return self.fc(x) * scale
+
+
+def keywords() -> tuple[nn.Module, dict[str, object]]:
+    torch.manual_seed(0)
+    return Keywords(), {"x": torch.randn(2, 4), "scale": 3.0}
+
+
+def multiline() -> nn.Module:
+    raise ValueError("first line\nsecond line")
+
+
+class Branchy(Keywords):
+    def forward(self, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        return self.fc(x) * scale if x.sum() > 0 else -x  # a branch on a value: module scope
+
+
+def branchy() -> tuple[nn.Module, dict[str, object]]:
+    torch.manual_seed(0)
+    return Branchy(), {"x": torch.randn(2, 4).abs(), "scale": 3.0}

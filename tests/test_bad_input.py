@@ -4,7 +4,9 @@ what to do; and nothing is mutated. docs/bad-input.md lists the same cases."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import threading
 import pickle
 from pathlib import Path
@@ -116,10 +118,12 @@ def _patched_on_top() -> nn.Module:
 
 def _cli(*argv: str) -> Callable[[Any], Any]:
     def run(_: Any) -> None:
-        code = main(list(argv))
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            code = main(list(argv))
         if code != 2:
             raise AssertionError(f"exit {code}")
-        raise SystemExit(code)
+        raise SystemExit(err.getvalue().strip().splitlines()[-1])  # the error line, after any progress
 
     return run
 
@@ -185,9 +189,16 @@ CASES = [
     Case("parity-no-steps", lambda: nn.Sequential(imitate(nn.Linear(2, 2), "halve", abs)),
          lambda m: fxpass.parity.check(m, (torch.ones(3, 2),), steps=0), ValueError, ("steps",)),
     Case("cli-factory-does-not-import", lambda: None, _cli("compile", "no_such.models:build", "-o", "x.pt"),
-         SystemExit, (), SystemExit),
+         SystemExit, ("fxpass compile: cannot import 'no_such.models'",), SystemExit),
     Case("cli-inspect-missing-file", lambda: None, _cli("inspect", "missing.pt"),
-         SystemExit, (), SystemExit),
+         SystemExit, ("fxpass inspect: missing.pt: no such file",), SystemExit),
+    Case("cli-boundaries-not-a-class", lambda: None,
+         _cli("compile", "tests.cli_models:small", "-o", "x.pt", "--boundaries", "torch.relu"),
+         SystemExit, ("--boundaries: torch.relu", "not an nn.Module class"), SystemExit),
+    Case("cli-export-unwritable-path", lambda: None, _cli("export", "tests.cli_models:small", "-o", "out/x.pt2"),
+         SystemExit, ("fxpass export: cannot write out/x.pt2", "does not exist"), SystemExit),
+    Case("cli-export-not-exportable", lambda: None, _cli("export", "tests.cli_models:branchy", "-o", "x.pt2"),
+         SystemExit, ("fxpass export: cannot export Branchy", "GuardOnDataDependentSymNode"), SystemExit),
 ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 
 import fxpass
 from fxpass import zoo
+from fxpass import cli
 from fxpass.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,15 +25,36 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def test_parity_over_the_zoo_prints_one_row_per_model(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys, "parity", "--format", "json", "--steps", "2")
+def test_parity_reports_each_step_of_a_slow_run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    code, _, err = run(capsys, "parity", "--model", "tests.cli_models:small", "--steps", "2")
+    assert code == 0 and err.splitlines() == ["fxpass parity: tests.cli_models:small ..."]  # a fast run: one line
+    monkeypatch.setattr(cli, "PROGRESS_AFTER_S", 0.0)
+    code, _, err = run(capsys, "parity", "--model", "tests.cli_models:small", "--steps", "2")
     assert code == 0
-    data = json.loads(out)
-    names = [row["model"] for row in data["models"]]
-    expected = [e.name for e in zoo.entries() if not e.missing()]
-    assert names == expected
-    assert all(row["ok"] and row["grads"] == "ok" and row["save/load"] == "ok" for row in data["models"])
-    assert "fxpass parity: mlp" in err  # progress goes to stderr
+    assert err.splitlines() == ["fxpass parity: tests.cli_models:small ..."] + [
+        f"fxpass parity: tests.cli_models:small: {step}"
+        for step in ("train step 1/2", "train step 2/2", "eval step 1/2", "eval step 2/2", "save/load")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("factory", "scope", "used"),
+    [("keywords", None, "model"), ("branchy", None, "module"), ("branchy", "module", "module"), ("keywords", "model", "model")],
+)
+def test_parity_takes_keyword_inputs_and_the_scope(
+    factory: str, scope: str | None, used: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["parity", "--model", f"tests.cli_models:{factory}", "--format", "json", "--steps", "1"]
+    code, out, _ = run(capsys, *argv, *(["--scope", scope] if scope else []))
+    assert code == 0
+    (row,) = json.loads(out)["models"]
+    assert row["scope"] == used and row["ok"]
+    assert row["report"]["candidate"] == f"fxpass.compile(scope={scope or 'auto'!r})"
+
+
+def test_parity_scope_model_of_an_untraceable_model_is_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "parity", "--model", "tests.cli_models:branchy", "--scope", "model")
+    assert code == 2 and "fxpass parity: torch.fx cannot trace the forward of the model (Branchy)" in err
 
 
 def test_parity_of_a_user_model_as_markdown(capsys: pytest.CaptureFixture[str]) -> None:
@@ -51,18 +74,20 @@ def test_parity_failure_exits_1_with_the_failing_rows(capsys: pytest.CaptureFixt
 def test_compile_then_inspect(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "model.pt"
     code, out, _ = run(capsys, "compile", "tests.cli_models:small", "-o", str(path))
-    assert code == 0 and "2 inlined" in out
+    assert code == 0 and "at model scope (1 part(s): 2 inlined" in out
     model, (x,) = __import__("tests.cli_models", fromlist=["small"]).small()
     assert torch.equal(torch.load(path, weights_only=False)(x), model(x))
     code, out, _ = run(capsys, "inspect", str(path))
     assert code == 0
     assert "halve" in out and "def forward" in out and "inlined" in out
     code, out, _ = run(capsys, "inspect", str(path), "--format", "json")
-    assert json.loads(out)[""]["rewrites"][0]["transform"] == "halve"
-    assert json.loads(out)[""]["inlined_activations"] == []
+    data = json.loads(out)
+    assert data["schema"] == 1 and data["scope"] == "model" and data["eager"] == []
+    assert data["parts"][""]["rewrites"][0]["transform"] == "halve"
+    assert data["parts"][""]["inlined_activations"] == []
     run(capsys, "compile", "tests.cli_models:small", "-o", str(path), "--inline-activations")
     code, out, _ = run(capsys, "inspect", str(path), "--format", "json")
-    assert json.loads(out)[""]["inlined_activations"] == ["1"]
+    assert json.loads(out)["parts"][""]["inlined_activations"] == ["1"]
 
 
 @pytest.mark.parametrize(
@@ -73,6 +98,7 @@ def test_compile_then_inspect(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         (["compile", "tests.cli_models:missing", "-o", "x.pt"], "has no attribute 'missing'"),
         (["compile", "tests.cli_models:raises", "-o", "x.pt"], "raised RuntimeError: no weights here"),
         (["compile", "tests.cli_models:not_a_pair", "-o", "x.pt"], "must return (model, example_inputs)"),
+        (["compile", "tests.cli_models:multiline", "-o", "x.pt"], "raised ValueError: first line second line"),
         (["parity", "--model", "tests.cli_models:wrong_inputs"], "Sequential"),
         (["inspect", "missing.pt"], "no such file"),
     ],
@@ -133,3 +159,24 @@ def test_inspect_shows_the_boundaries_and_the_modes(tmp_path: Path, capsys: pyte
         torch.save(fxpass.compile(model, **zoo.get(name).compile_options()), path)  # type: ignore[arg-type]
         code, out, _ = run(capsys, "inspect", str(path))
         assert code == 0 and words in out
+
+
+def test_the_json_schema_is_the_documented_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = (REPO / "docs" / "reference" / "cli.md").read_text()
+    section = text.split("## JSON output", 1)[1].split(":::", 1)[0]
+    tables = [re.findall(r"^\| `(\w+)` \|", block, re.MULTILINE) for block in section.split("\n\n")]
+    top, model_row, inspected = [keys for keys in tables if keys]
+
+    code, out, _ = run(capsys, "parity", "--model", "tests.cli_models:small", "--format", "json", "--steps", "1")
+    assert code == 0
+    data = json.loads(out)
+    assert list(data) == top and data["schema"] == cli.JSON_SCHEMA == 1
+    assert list(data["models"][0]) == model_row
+    documented = set(re.findall(r"`(\w+)`", section))
+    report = data["models"][0]["report"]
+    assert set(report) <= documented and set(report["rows"][0]) <= documented
+
+    path = tmp_path / "small.pt"
+    run(capsys, "compile", "tests.cli_models:small", "-o", str(path))
+    code, out, _ = run(capsys, "inspect", str(path), "--format", "json")
+    assert code == 0 and list(json.loads(out)) == inspected
