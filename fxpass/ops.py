@@ -419,14 +419,28 @@ class CompiledGraphModule(torch.fx.GraphModule):
 
     def __reduce__(self) -> tuple[Any, ...]:
         _check_transform_modules_pickle(self)
-        # torch.fx re-traces the pickled code on load: it must read attributes, so that each read
-        # of a tensor becomes a get_attr node again (a dict walk would hand the tracer the raw
-        # tensor, and the transforms after it would run once and become constants).
+        base = _ClassByValue.wrap(type(self)._fxpass_base)
+        nodes = _NodeList.of(self.graph)
+        if nodes is not None:
+            # The graph's nodes and the instance dict, as they are: loading rebuilds the graph
+            # node by node and generates the code once (see _NodeList).
+            state = {k: v for k, v in self.__dict__.items() if k not in _GENERATED}
+            return (_new_compiled, (type(self).__name__, base), {**state, _NODES: nodes})
+        # torch.fx's own pickle (a graph with concrete_args' pytree code, or a node target pickle
+        # cannot find by name): the code, re-traced on load. It must read attributes, so that
+        # each read of a tensor becomes a get_attr node again (a dict walk would hand the tracer
+        # the raw tensor, and the transforms after it would run once and become constants).
         with _default_code(self):
             rebuild, args = super().__reduce__()
         preserved = self.meta.get(PRESERVED, {})
-        base = _ClassByValue.wrap(type(self)._fxpass_base)
         return (_rebuild_compiled, (rebuild, args, preserved, type(self).__name__, base))
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        nodes: _NodeList | None = state.pop(_NODES, None)
+        super().__setstate__(state)
+        if nodes is not None:
+            self.graph = nodes.graph()  # (generates the code)
 
     def __reduce_package__(self, exporter: Any) -> tuple[Any, ...]:
         # torch.package saves the generated code too, and re-traces it on import.
@@ -638,6 +652,96 @@ class _ClassByValue:
         return pickle.loads(value.payload) if isinstance(value, _ClassByValue) else value
 
 
+#: The instance attributes a compiled model's pickle leaves out: its graph, saved as a node list
+#: instead, and what generating the code sets.
+_GENERATED = frozenset(("_graph", "_code", "_lineno_map", "_prologue_start"))
+#: The key of the node list in a compiled model's pickled state.
+_NODES = "_fxpass_nodes"
+
+
+class _Ref(int):
+    """A node argument in a :class:`_NodeList`: the position of an earlier node."""
+
+    __slots__ = ()
+
+
+class _NodeList:
+    """A graph as the arguments of ``Graph.create_node``, one tuple per node, for pickling.
+
+    torch.fx pickles a GraphModule as its generated code and re-traces that code on load, which
+    costs a trace and a second code generation per load (the larger part of loading a compiled
+    model). This keeps each node's op, name, target, arguments (earlier nodes as :class:`_Ref`)
+    and type instead; loading creates the same nodes under the same names, so the graph and its
+    code come back exactly as they were. Only the plain code generators qualify (a pytree one,
+    from ``concrete_args``, carries its specs), and only graphs whose every target pickle finds
+    by name; :meth:`of` returns None for the others, which pickle as torch.fx does.
+
+    Example:
+        >>> import torch.fx, torch.nn as nn
+        >>> graph = torch.fx.symbolic_trace(nn.Sequential(nn.ReLU(), nn.Tanh())).graph
+        >>> nodes = _NodeList.of(graph)
+        >>> [n.name for n in nodes.graph().nodes] == [n.name for n in graph.nodes]
+        True
+    """
+
+    def __init__(self, nodes: list[tuple[Any, ...]], codegen: type, tracer_cls: type | None, tracer_extras: Any) -> None:
+        self.nodes = nodes
+        self.codegen = codegen
+        self.tracer_cls = tracer_cls
+        self.tracer_extras = tracer_extras
+
+    @classmethod
+    def of(cls, graph: torch.fx.Graph) -> _NodeList | None:
+        if type(graph._codegen) not in (torch.fx.graph.CodeGen, DictWalkCodeGen):
+            return None
+        position: dict[torch.fx.Node, _Ref] = {}
+        checked: dict[int, bool] = {}
+        nodes = []
+        for node in graph.nodes:
+            target = node.target
+            if not isinstance(target, str):
+                if id(target) not in checked:
+                    checked[id(target)] = picklable_by_reference(target)
+                if not checked[id(target)]:
+                    return None
+            args = torch.fx.node.map_arg(node.args, position.__getitem__)
+            kwargs = torch.fx.node.map_arg(node.kwargs, position.__getitem__)
+            kind = node.type if node.type is None or picklable_by_reference(node.type) else None
+            nodes.append((node.op, node.name, target, args, kwargs, kind))
+            position[node] = _Ref(len(position))
+        tracer_cls = graph._tracer_cls if graph._tracer_cls is None or picklable_by_reference(graph._tracer_cls) else None
+        return cls(nodes, type(graph._codegen), tracer_cls, graph._tracer_extras)
+
+    def graph(self) -> torch.fx.Graph:
+        """A new graph holding these nodes."""
+        graph = torch.fx.Graph(tracer_cls=self.tracer_cls, tracer_extras=self.tracer_extras)
+        made: list[torch.fx.Node] = []
+
+        def node_of(value: Any) -> Any:
+            return made[value] if type(value) is _Ref else value
+
+        for op, name, target, args, kwargs, kind in self.nodes:
+            args = torch.fx.node.map_aggregate(args, node_of)
+            kwargs = torch.fx.node.map_aggregate(kwargs, node_of)
+            made.append(graph.create_node(op, target, args, kwargs, name=name, type_expr=kind))
+        graph.set_codegen(self.codegen())
+        return graph
+
+
+def _new_compiled(class_name: str = "GraphModule", base: type | _ClassByValue | None = None) -> nn.Module:
+    """An empty compiled model of class ``class_name``, for pickle to fill in (``__setstate__``)."""
+    cls = _instance_class(class_name, _ClassByValue.unwrap(base))
+    return object.__new__(cls)  # (GraphModule.__new__ would derive yet another class)
+
+
+def _instance_class(class_name: str, base: type | None) -> type:
+    # One class per instance, as GraphModule makes them: torch.fx recognises those by their
+    # qualified name; the name is the model's, as when it was compiled.
+    cls = type("GraphModuleImpl", (part_class(base) if base is not None else CompiledGraphModule,), {})
+    cls.__name__ = class_name
+    return cls
+
+
 def _rebuild_compiled(
     rebuild: Callable[..., Any],
     args: tuple,
@@ -646,12 +750,7 @@ def _rebuild_compiled(
     base: type | _ClassByValue | None = None,
 ) -> nn.Module:
     gm = rebuild(*args)
-    # One class per instance, as GraphModule makes them: torch.fx recognises those by their
-    # qualified name; the name is the model's, as when it was compiled.
-    base = _ClassByValue.unwrap(base)
-    cls = type("GraphModuleImpl", (part_class(base) if base is not None else CompiledGraphModule,), {})
-    cls.__name__ = class_name
-    gm.__class__ = cls
+    gm.__class__ = _instance_class(class_name, _ClassByValue.unwrap(base))
     gm.meta[PRESERVED] = preserved = Preserved(preserved)
     for name, value in preserved.items():
         if name in TREE_ATTRIBUTES:

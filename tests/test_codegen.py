@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import io
+import operator
 import pickle
 
 import pytest
@@ -15,6 +16,7 @@ import torch.fx
 import torch.nn as nn
 
 import fxpass
+from fxpass import ops
 from fxpass.codegen import attribute_chain, dict_walk
 from imitation_runtime import imitate
 from tests.support import zoo_params
@@ -142,29 +144,83 @@ def test_walk_keeps_torch_fx_spelling_where_dictionaries_are_not_what_lookup_rea
     assert dict_walk(root, "self", "plain.bias") == "self._modules['plain'].bias"
 
 
-def _code_of_pickle(gm: nn.Module) -> str:
-    """The generated code a pickle of ``gm`` carries (torch.fx re-traces it on load)."""
-    _rebuild, (_reduce, (body, _imports), *_rest) = gm.__reduce__()
-    return body["_code"]
-
-
-def test_pickles_carry_torch_fx_code_and_load_with_the_fast_code() -> None:
+def test_pickles_carry_the_nodes_and_load_without_a_trace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A compiled model pickles as its graph's nodes: loading rebuilds the same graph under the
+    same names, with one code generation and no re-trace of its code."""
     model = _stack()
     gm = fxpass.compile(model)
-    code = _code_of_pickle(gm)
-    assert "getattr(" in code and "_modules[" not in code
-    assert "_modules[" in gm.code  # the model itself keeps its code
-    loaded = pickle.loads(pickle.dumps(gm))
-    assert "_modules[" in loaded.code
-    assert [n.op for n in loaded.graph.nodes] == [n.op for n in gm.graph.nodes]
-    x = torch.randn(2, 4)
-    assert torch.equal(loaded(x), model(x))
+    _new, _args, state = gm.__reduce__()
+    assert not {"_graph", "_code"} & set(state)
+    saved = [(op, name) for op, name, *_ in state[ops._NODES].nodes]
+    assert saved == [(n.op, n.name) for n in gm.graph.nodes]
+
+    def no_trace(*args: object, **kwargs: object) -> None:
+        raise AssertionError("loading a compiled model re-traced its code")
+
+    payload = pickle.dumps(gm)
     buffer = io.BytesIO()
     torch.save(fxpass.freeze(model), buffer)
+    monkeypatch.setattr(torch.fx.Tracer, "trace", no_trace)
+    loaded = pickle.loads(payload)
+    assert loaded.code == gm.code and "_modules[" in loaded.code
+    assert [_node_key(n) for n in loaded.graph.nodes] == [_node_key(n) for n in gm.graph.nodes]
+    x = torch.randn(2, 4)
+    assert torch.equal(loaded(x), model(x))
     buffer.seek(0)
     frozen = torch.load(buffer, weights_only=False)
     assert "_buffers[" in frozen.code
     assert torch.equal(frozen(x), model.eval()(x))
+
+
+def _node_key(node: torch.fx.Node) -> tuple[object, ...]:
+    names = torch.fx.node.map_arg((node.args, node.kwargs), lambda n: n.name)
+    return node.op, node.name, node.target, names, node.type
+
+
+def test_a_graph_with_pytree_code_pickles_as_torch_fx_code_and_loads_with_the_fast_code() -> None:
+    """concrete_args give a pytree code generator, which the node list does not carry: such a
+    model pickles as torch.fx does, its code re-traced on load (attribute reads, not dict walks,
+    so each tensor read becomes a get_attr node again)."""
+    torch.manual_seed(0)
+    model = _Dict()
+    PH = torch.fx._symbolic_trace.PH
+    gm = fxpass.compile(model, concrete_args={"inputs": {"a": PH, "b": PH}})
+    assert ops._NodeList.of(gm.graph) is None
+    _rebuild, (_reduce, (body, _imports), *_rest) = gm.__reduce__()
+    assert "self.lin.weight" in body["_code"]
+    assert "_modules[" not in body["_code"]
+    loaded = pickle.loads(pickle.dumps(gm))
+    assert "_modules[" in loaded.code
+
+    def reads(g: torch.fx.GraphModule) -> list[object]:
+        return [n.target for n in g.graph.nodes if n.op == "get_attr"]
+
+    assert reads(loaded) == reads(gm) == ["lin.weight", "lin.bias"]
+    inputs = {"a": torch.randn(2, 4), "b": torch.randn(2, 4)}
+    assert torch.equal(loaded(inputs), model(inputs))
+
+
+def test_a_node_list_keeps_names_types_and_nested_arguments() -> None:
+    graph = torch.fx.Graph()
+    x = graph.placeholder("x", type_expr=torch.Tensor)
+    pair = graph.create_node("call_function", torch.chunk, (x, 2), {"dim": -1}, name="halves")
+    first = graph.create_node("call_function", operator.getitem, (pair, 0), name="left")
+    joined = graph.create_node("call_function", torch.cat, ([first, x],), {"dim": 1}, name="joined")
+    graph.output({"out": joined, "both": (first, [x])})
+    rebuilt = pickle.loads(pickle.dumps(ops._NodeList.of(graph))).graph()
+    assert [_node_key(n) for n in rebuilt.nodes] == [_node_key(n) for n in graph.nodes]
+    assert rebuilt.python_code("self").src == graph.python_code("self").src
+
+
+def test_a_node_target_pickle_cannot_find_by_name_keeps_torch_fx_pickle() -> None:
+    def local_relu(x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x)
+
+    graph = torch.fx.symbolic_trace(nn.ReLU()).graph
+    assert ops._NodeList.of(graph) is not None
+    node = next(n for n in graph.nodes if n.op == "call_function")
+    node.target = local_relu
+    assert ops._NodeList.of(graph) is None
 
 
 class _Outer(nn.Module):
