@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import gc
 import io
 import math
 import random
@@ -58,9 +57,6 @@ Candidate = nn.Module | Callable[[nn.Module], nn.Module] | None
 OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 LossFn = Callable[[Any], torch.Tensor]
 
-_TIMING_ROUNDS = 7
-_TIMING_WARMUP = 2
-_TIMING_CALLS = 5
 _MAX_LISTED = 5
 
 
@@ -113,8 +109,9 @@ class ParityReport:
             :func:`fxpass.compile` output; else None.
         patched_modules: number of patched modules the compile found, or None.
         kept_calls: number of modules the compile kept as calls, or None.
-        time_ratio: candidate / reference eager forward time (median of a few interleaved
-            ``no_grad`` eval calls). Indicative only: it is not a benchmark.
+        time_ratio: candidate / reference eager forward time, the median over the trajectories'
+            steps (the first step of each left out when there are more). Indicative only: it
+            is not a benchmark.
         graph_breaks: dynamo graph breaks of the candidate when the ``"dynamo"`` probe ran.
         scope: ``"model"`` or ``"module"``: how :func:`fxpass.compile` compiled the candidate (with
             ``scope="auto"``, which it chose), or None for a candidate it did not produce.
@@ -291,8 +288,8 @@ def check(
     probes: ``"export"`` (``torch.export.export`` runs and its module matches the candidate),
     ``"script"`` (``torch.jit.script`` likewise) and ``"dynamo"`` (``torch._dynamo.explain``
     runs; its graph-break count goes into the row and ``graph_breaks``; breaks are reported,
-    not failed). Finally a few interleaved ``no_grad`` eval forwards give ``time_ratio``, the
-    candidate's eager time over the reference's: indicative only.
+    not failed). The forwards of the trajectories are timed in passing: ``time_ratio`` is the
+    candidate's eager forward time over the reference's, indicative only.
 
     Args:
         model: the reference model.
@@ -424,6 +421,8 @@ class _Run:
         self.graph_breaks: int | None = None
         self.last_reference: nn.Module | None = None
         self.last_candidate: nn.Module | None = None
+        #: per trajectory, (reference, candidate) seconds of each step's forward
+        self.forward_seconds: list[list[tuple[float, float]]] = []
         if compile_options and candidate is not None:
             raise ParityArgumentError(
                 f"check({name}): compile_options apply to fxpass.compile only; build the candidate "
@@ -536,6 +535,8 @@ class _Run:
         self.last_reference, self.last_candidate = reference, candidate
         optimizers: tuple[torch.optim.Optimizer | None, torch.optim.Optimizer | None] | None = None
         names_failure = ""
+        seconds: list[tuple[float, float]] = []
+        self.forward_seconds.append(seconds)
         for step in range(1, steps + 1):
             prefix = f"{mode}/step{step}"
             _tell(self.progress, f"{mode} step {step}/{steps}")
@@ -544,16 +545,20 @@ class _Run:
                     parameter.grad = None
             inputs_r, inputs_c = self.fresh_inputs(), self.fresh_inputs()
             self.seed_for(step)
+            start = time.perf_counter()
             try:
                 out_r = reference(*inputs_r[0], **inputs_r[1])
             except Exception as e:
                 raise self.inputs_error(e, f" (at {prefix})") from e
+            middle = time.perf_counter()
             self.seed_for(step)
+            start_c = time.perf_counter()
             try:
                 out_c = candidate(*inputs_c[0], **inputs_c[1])
             except Exception as e:  # noqa: BLE001 - a failing candidate is a failing row
                 self.add(f"{prefix}/output", passed=False, detail=f"candidate raised {_error_text(e)}")
                 break
+            seconds.append((middle - start, time.perf_counter() - start_c))
             self.add(f"{prefix}/output", self.compare(_flat(out_r, "output"), _flat(out_c, "output")))
 
             names_r = [n for n, _ in reference.named_parameters()]
@@ -707,33 +712,14 @@ class _Run:
         self.add(name, self.compare(outputs[0], outputs[1]))
 
     def time_ratio(self) -> float | None:
-        """Median over interleaved rounds of candidate time / reference time, each round a batch
-        of eval ``no_grad`` forwards after warm-up rounds, with garbage collection off."""
-        reference, candidate = self.last_reference, self.last_candidate
-        if reference is None or candidate is None:
-            return None
-        reference.eval()
-        candidate.eval()
-        args, kwargs = self.fresh_inputs()
-        ratios: list[float] = []
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
-            with torch.no_grad():
-                for round_ in range(_TIMING_WARMUP + _TIMING_ROUNDS):
-                    spent = []
-                    for module in (reference, candidate):
-                        start = time.perf_counter()
-                        for _ in range(_TIMING_CALLS):
-                            module(*args, **kwargs)
-                        spent.append(time.perf_counter() - start)
-                    if round_ >= _TIMING_WARMUP and spent[0] > 0:
-                        ratios.append(spent[1] / spent[0])
-        except Exception:  # noqa: BLE001 - timing is best effort
-            return None
-        finally:
-            if collecting:
-                gc.enable()
+        """Median of candidate / reference forward time over the trajectories' steps, the first
+        step of a trajectory left out when it has more (first calls pay for warm-up)."""
+        ratios = [
+            candidate / reference
+            for seconds in self.forward_seconds
+            for reference, candidate in (seconds[1:] if len(seconds) > 1 else seconds)
+            if reference > 0
+        ]
         return statistics.median(ratios) if ratios else None
 
 
@@ -818,7 +804,7 @@ def _compare_tensors(
             reference, candidate = reference.dequantize(), candidate.dequantize()
     except Exception as e:  # noqa: BLE001 - any failure to compare is a mismatch
         return False, False, f"cannot compare: {_error_text(e)}", math.inf, math.inf
-    if reference.numel() == 0:
+    if reference.numel() == 0 or torch.equal(reference, candidate):  # (the usual case: no temporaries)
         return True, True, "", 0.0, 0.0
     if reference.is_complex():
         wide_r, wide_c = reference.to(torch.complex128), candidate.to(torch.complex128)
