@@ -442,3 +442,22 @@ def test_check_raises_invalid_model_error_on_a_non_module() -> None:
         check(lambda x: x, inputs())  # type: ignore[arg-type]
     with pytest.raises(fxpass.InvalidModelError, match="returned int"):
         check(Net(), inputs(), candidate=lambda model: 3)  # type: ignore[arg-type,return-value]
+
+
+@pytest.mark.parametrize(
+    ("reference", "candidate", "bitwise"),
+    [
+        ([float("inf"), -float("inf"), 1.0], [float("inf"), -float("inf"), 1.0], True),
+        ([float("nan"), 2.0], [float("nan"), 2.0], True),  # NaN where the reference has NaN
+        ([0.0, 2.0], [-0.0, 2.0], True),  # -0.0 == 0.0, as torch.equal says
+        ([float("inf"), 1.0], [-float("inf"), 1.0], False),
+        ([float("nan"), 1.0], [1.0, 1.0], False),
+        ([1.0, 2.0], [1.0, 2.0000002], False),
+    ],
+)
+def test_tensor_comparison_of_special_values(reference: list[float], candidate: list[float], bitwise: bool) -> None:
+    from fxpass.parity import _compare
+
+    result = _compare({"t": torch.tensor(reference)}, {"t": torch.tensor(candidate)}, 0.0, 0.0)
+    assert (result.passed, result.bitwise) == (bitwise, bitwise), result.detail
+    assert (result.max_abs == 0) == bitwise
