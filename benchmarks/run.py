@@ -3,11 +3,14 @@
 ``python -m benchmarks`` runs every figure but the torch.compile ones (a few minutes);
 ``--inductor`` adds those (several more minutes: each cold start is a fresh process);
 ``--quick`` runs everything at tiny sizes, only to check that the scripts work.
+``--real`` runs the real-model section instead (:mod:`benchmarks.real`), with the same
+``--quick`` and ``--inductor``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import platform
@@ -24,10 +27,12 @@ from tabulate import tabulate
 from benchmarks.child import REPO
 from benchmarks.figures import BENCHMARKS, FIGURES, Measured, Settings
 from benchmarks.models import TRANSFORMS
+from benchmarks.real_models import REAL_MODELS
 
 __all__ = ["main", "met", "rows", "run"]
 
 DEFAULT_JSON = REPO / "benchmarks" / "results.json"
+DEFAULT_REAL_JSON = REPO / "benchmarks" / "results-real.json"
 HEADERS = ("figure", "ratio", "target", "met", "notes")
 #: Every figure is measured on one thread (the method of issue 5).
 THREADS = 1
@@ -145,7 +150,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description="Run the fxpass benchmarks.")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and rounds: check the scripts run")
     parser.add_argument("--inductor", action="store_true", help="also run the torch.compile figures")
-    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"where to write results (default {DEFAULT_JSON.relative_to(REPO)})")
+    parser.add_argument("--real", action="store_true", help="the real-model section (benchmarks/real.py)")
+    parser.add_argument(
+        "--models", nargs="+", default=(), metavar="NAME",
+        help="with --real, only these models (" + ", ".join(m.name for m in REAL_MODELS) + ")",
+    )
+    parser.add_argument(
+        "--json", type=Path,
+        help=f"where to write results (default {DEFAULT_JSON.relative_to(REPO)}, with --real "
+        f"{DEFAULT_REAL_JSON.relative_to(REPO)})",
+    )
     parser.add_argument("--transform", choices=sorted(TRANSFORMS), default="fakequant", help="weight transform of every peer")
     parser.add_argument("--rounds", type=int, help="rounds of every eager timing")
     parser.add_argument("--table-format", default="simple", help="tabulate format of the table (github for Markdown)")
@@ -154,6 +168,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"run only these benchmarks ({', '.join(b.name for b in BENCHMARKS)})",
     )
     args = parser.parse_args(argv)
+    if args.real:
+        return _main_real(args)
+    args.json = args.json or DEFAULT_JSON
     overrides: dict[str, Any] = {"inductor": args.inductor, "transform": args.transform}
     if args.rounds is not None:
         overrides["rounds"] = args.rounds
@@ -166,4 +183,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"meta": meta, "figures": results}, indent=2) + "\n")
     print(f"\nwrote {args.json}", file=sys.stderr)
+    return 0
+
+
+def _main_real(args: argparse.Namespace) -> int:
+    from benchmarks import real
+
+    overrides: dict[str, Any] = {"inductor": args.inductor, "models": tuple(args.models)}
+    if args.rounds is not None:
+        overrides["rounds"] = args.rounds
+    settings = real.RealSettings.quick_settings(**overrides) if args.quick else real.RealSettings(**overrides)
+    start = time.perf_counter()
+    results = real.run(settings)
+    meta = _meta(Settings(quick=args.quick, inductor=args.inductor), time.perf_counter() - start)
+    meta["settings"] = dataclasses.asdict(settings)
+    meta["transform"] = "fake_quant (straight-through, 1/16 grid) on every Linear, Conv2d and Conv1D"
+    print(real.table(results, args.table_format))
+    path = args.json or DEFAULT_REAL_JSON
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"meta": meta, **real.to_json(results)}, indent=2) + "\n")
+    print(f"\nwrote {path}", file=sys.stderr)
     return 0

@@ -10,9 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import fxpass
-from benchmarks import figures, models, run, timing
+from fxpass.patches import find_patch_stack
+from benchmarks import figures, models, real, real_models, run, timing
 from benchmarks.figures import BENCHMARKS, FIGURES, Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,18 +52,19 @@ WITHOUT_VALUE = {"inductor_cold_vs_seed", "inductor_steady_vs_seed", "inductor_g
 @pytest.fixture(scope="module")
 def quick_results(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("benchmarks") / "results.json"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--json", str(out)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = _run_benchmarks("--quick", "--json", str(out))
     assert "figure" in done.stdout and "met" in done.stdout  # the table was printed
     return json.loads(out.read_text())
+
+
+def _run_benchmarks(*args: str) -> subprocess.CompletedProcess:
+    """``python -m benchmarks ARGS`` from the repository root; it must succeed."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
 
 
 def test_every_benchmark_declares_known_figures() -> None:
@@ -120,3 +123,89 @@ def test_doctests(module: object) -> None:
     # benchmarks/ is outside the doctest paths of pyproject.toml; run its examples here.
     failures, _ = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert failures == 0
+
+
+# -- the real-model section (python -m benchmarks --real) -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real_results(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("benchmarks") / "results-real.json"
+    done = _run_benchmarks("--real", "--quick", "--json", str(out))
+    assert "target" in done.stdout and "worst / over" in done.stdout  # both tables were printed
+    return {"json": json.loads(out.read_text()), "stdout": done.stdout}
+
+
+def test_real_quick_run_measures_every_model_and_figure(real_results: dict) -> None:
+    found = real_results["json"]
+    assert list(found["models"]) == [m.name for m in real_models.REAL_MODELS]
+    assert found["figures"] == real.PER_MODEL
+    for name, figures_ in found["models"].items():
+        assert figures_["scope"] in {"model", "module"}, name
+        assert set(figures_) == {"scope", *real.PER_MODEL}, name
+        for key in real.PER_MODEL:
+            value, notes = figures_[key]["ratio"], figures_[key]["notes"]
+            if key == "compile" and figures_["scope"] == "module":
+                assert value is None and notes.startswith("module scope"), (name, notes)
+            else:
+                assert isinstance(value, float) and value > 0, (name, key, notes)
+        for key in real.FLOORS:  # the share of the reference's forward inside ATen operators
+            assert 0 < figures_[key]["detail"]["floor"] <= 1.5, (name, key)
+            assert figures_[key]["notes"].startswith("floor "), (name, key)
+    # every hand-written model traces whole; the transformers ones do not
+    assert {n for n, f in found["models"].items() if f["scope"] == "model"} >= {"resnet18", "densenet121", "efficientnet_b0"}
+    for key in real.META_KEYS:
+        assert isinstance(found["single"][key]["ratio"], float), found["single"][key]["notes"]
+    for key in real.INDUCTOR_KEYS:
+        assert found["single"][key]["ratio"] is None and "--inductor" in found["single"][key]["notes"]
+    assert [t["figure"] for t in found["targets"]] == [t.label for t in real.TARGETS]
+    assert {t["met"] for t in found["targets"]} <= {"yes", "no", "n/a"}
+    assert found["meta"]["settings"]["quick"] is True and found["meta"]["threads"] == 1
+
+
+def _measured(value: float | None) -> figures.Measured:
+    return figures.Measured(value, "")
+
+
+def test_real_targets_judge_the_worst_model_the_median_and_single_values() -> None:
+    per_model = {
+        name: {"scope": "model", **{key: _measured(value) for key in real.PER_MODEL}}
+        for name, value in (("a", 0.9), ("b", 1.2), ("c", 0.92))
+    }
+    per_model["c"]["compile"] = _measured(None)  # (module scope: no value, not judged)
+    single = {key: _measured(0.5) for key in (*real.META_KEYS, *real.INDUCTOR_KEYS)}
+    single["inductor_cold_gpt2"] = _measured(None)
+    rows = {(r["figure"]): r for r in real.targets({"models": per_model, "single": single})}
+    train = rows["eager train step: compiled / runtime, every model"]
+    assert (train["value"], train["met"], train["where"]) == (1.2, "no", "b")
+    median = rows["eager eval forward: compiled / runtime, median"]
+    assert (median["value"], median["met"], median["where"]) == (0.92, "yes", "over 3 models")
+    compile_ = rows["fxpass.compile / symbolic_trace (model scope), every model"]
+    assert (compile_["value"], compile_["met"]) == (1.2, "yes")
+    assert rows["torch.compile cold start, GPT-2: compiled / runtime"]["met"] == "n/a"
+    assert rows["module-scope compile, Llama-7B config on meta (s)"]["met"] == "yes"
+
+
+def test_real_benchmarks_refuse_to_time_models_that_differ() -> None:
+    spec = real_models.get("resnet18")
+    runtime = spec.runtime(True)
+    inputs = spec.example(True)
+    other = spec.runtime(True)
+    with torch.no_grad():
+        next(other.parameters()).add_(1.0)
+    with pytest.raises(AssertionError, match="outputs differ"):
+        real._same(runtime, other, spec, inputs)
+
+
+def test_real_models_are_patched_throughout_and_plain_holds_the_transformed_weights() -> None:
+    spec = real_models.get("gpt2")
+    runtime = spec.runtime(True)
+    patched = [name for name, m in runtime.named_modules() if find_patch_stack(m) is not None]
+    patchable = [name for name, m in spec.unpatched(True).named_modules() if real_models._patchable(m)]
+    assert patched == patchable and len(patched) >= 9  # (the tiny GPT-2: 2 blocks of 4, and the head)
+    plain = spec.plain(runtime, True)
+    runtime.eval()
+    plain.eval()
+    with torch.no_grad():
+        args, kwargs = spec.example(True)
+        torch.testing.assert_close(spec.loss(plain(*args, **kwargs)), spec.loss(runtime(*args, **kwargs)))
