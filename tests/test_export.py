@@ -21,48 +21,13 @@ from imitation_runtime import imitate
 from fxpass import reading
 from tests.support import assert_same_snapshot, compile_entry, graph_modules, snapshot, zoo_params
 
-# torch.fx cannot trace Branchy's own forward (data-dependent control flow): it compiles with
-# scope="module" and freezes in place; torch.export cannot export that forward either (nor the
-# runtime model).
-NOT_EXPORTABLE = {"branchy": "data-dependent control flow in the model's own forward"}
-# transforms that are stateful, data-dependent or autograd.Functions: export the frozen graph.
-IMPURE = {"called_twice", "two_reads", "stateful", "untraceable", "qsparse"}
-# torch.jit.script of the compiled (unfrozen) graph: what fails, and why.
-NOT_SCRIPTABLE = {
-    # fxpass.NotScriptableError: the imitated BatchNorm, MultiheadAttention with its out_proj, are
-    # kept calls whose patched tensors are read in Python
-    "cnn_bn": "bn1 .BatchNorm2d. is kept as a call.*script fxpass.freeze",
-    "transformer": "attn .MultiheadAttention. is kept as a call.*script fxpass.freeze",
-    "called_twice": "cannot statically infer the expected size of a list",  # LearnedScale
-    "two_reads": "Can't redefine method: forward",
-    "stateful": "Can't redefine method: forward",
-    "untraceable": "variable number of arguments",  # Opaque(*args) around a Python closure
-    # script compiles every submodule's forward, also the unused forward of a parametrized Linear
-    # whose weight lives in parametrizations
-    "parametrized": "Module 'Linear' has no attribute 'weight'",
-    "qsparse": "formatting in JoinedStr",  # qsparse's own layers use f-strings
-    # module scope: its compiled ConvBN keeps the BatchNorm as a call (and Branchy itself runs
-    # eagerly, its forward an fxpass.reading.EagerForward)
-    "branchy": "bn1 .BatchNorm2d. is kept as a call",
-    "spectral_norm": "Comprehension ifs are not supported",  # torch's _SpectralNorm
-    "cached": "block .CachedTwice. is kept as a call",
-    "sparsifier": "Module 'Linear' has no attribute 'weight'",  # as for "parametrized"
-    "pruned": "'L1Unstructured' object has no attribute '__name__'",  # prune's hook objects
-    "lora": "Module 'LoRA' has no attribute 'dropout_fn'",  # the lambda, pickled by value
-    "mode_reading": "block .ModeScaled. is kept as a call",
-    # fxpass.NotScriptableError: compiled once per mode; a scripted module would keep one graph
-    "aux_head": "compiled once per mode",
-    "drop_rate": "compiled once per mode",
-}
-# torch.jit.script of the frozen graph: what fails, and why.
-FROZEN_NOT_SCRIPTABLE = {
-    "cached": "global variables aren't supported",  # parametrize.cached() in the block's forward
-    "pruned": "'RandomUnstructured' object has no attribute '__name__'",  # the Linear keeps its hook
-}
+# Each entry's known limits (what fails, and why) are on the entry: ZooEntry.limits.
 
 
-def _exportable(entry: zoo.ZooEntry) -> bool:
-    return entry.name not in NOT_EXPORTABLE
+def _skip_unexportable(entry: zoo.ZooEntry) -> None:
+    reason = entry.limit("export")
+    if reason is not None:
+        pytest.skip("not exportable: " + reason)
 
 
 def _eval_pair(entry: zoo.ZooEntry):
@@ -113,8 +78,7 @@ def test_freeze_accepts_a_compiled_model_and_is_a_snapshot() -> None:
 
 @pytest.mark.parametrize("entry", zoo_params())
 def test_export_of_the_frozen_graph_round_trips(entry: zoo.ZooEntry) -> None:
-    if not _exportable(entry):
-        pytest.skip("not exportable: " + NOT_EXPORTABLE[entry.name])
+    _skip_unexportable(entry)
     model, inputs = _eval_pair(entry)
     program = torch.export.export(fxpass.freeze(model), inputs)
     expected = model(*inputs)
@@ -126,11 +90,15 @@ def test_export_of_the_frozen_graph_round_trips(entry: zoo.ZooEntry) -> None:
 
 
 @pytest.mark.parametrize("entry", zoo_params())
-def test_export_of_the_compiled_graph_for_pure_transforms(entry: zoo.ZooEntry) -> None:
-    if entry.name in IMPURE or not _exportable(entry):
-        pytest.skip("stateful or data-dependent transforms: export the frozen graph instead")
+def test_export_of_the_compiled_graph(entry: zoo.ZooEntry) -> None:
+    _skip_unexportable(entry)
     model, inputs = _eval_pair(entry)
     gm = compile_entry(entry, copy.deepcopy(model)).eval()
+    failure = entry.limit("export_compiled")
+    if failure is not None:  # data-dependent transforms: the frozen graph exports instead
+        with pytest.raises(Exception, match=failure):
+            torch.export.export(gm, inputs)
+        return
     program = torch.export.export(gm, inputs)
     torch.testing.assert_close(program.module()(*inputs), model(*inputs), atol=1e-6, rtol=0)
 
@@ -141,7 +109,7 @@ def test_a_model_exported_once_still_copies_and_pickles(entry: zoo.ZooEntry) -> 
     the snapshot back: the state a compiled model keeps for copies must survive that."""
     model, inputs = _eval_pair(entry)
     for candidate in (compile_entry(entry, copy.deepcopy(model)).eval(), fxpass.freeze(model)):
-        if entry.name in NOT_EXPORTABLE:
+        if entry.limit("export") is not None:
             try:
                 torch.export.export(candidate, inputs)
             except Exception:  # noqa: BLE001 - the export fails; what it left behind must not
@@ -150,15 +118,6 @@ def test_a_model_exported_once_still_copies_and_pickles(entry: zoo.ZooEntry) -> 
             torch.export.export(candidate, inputs)
         for copied in (copy.deepcopy(candidate), pickle.loads(pickle.dumps(candidate))):
             assert torch.equal(copied(*inputs), model(*inputs))
-
-
-def test_export_of_qsparse_compiled_graph_fails_but_frozen_exports() -> None:
-    pytest.importorskip("qsparse")
-    model, inputs = _eval_pair(zoo.get("qsparse"))
-    gm = fxpass.compile(copy.deepcopy(model)).eval()
-    with pytest.raises(Exception, match="data-dependent"):
-        torch.export.export(gm, inputs)
-    torch.export.export(fxpass.freeze(model), inputs)
 
 
 # -- ONNX ----------------------------------------------------------------------------------------
@@ -171,8 +130,7 @@ _ONNX_MISSING = [p for p in ("onnx", "onnxscript", "onnxruntime") if importlib.u
 def test_onnx_of_the_frozen_graph_runs_in_onnxruntime(entry: zoo.ZooEntry) -> None:
     import onnxruntime
 
-    if not _exportable(entry):
-        pytest.skip("not exportable: " + NOT_EXPORTABLE[entry.name])
+    _skip_unexportable(entry)
     model, inputs = _eval_pair(entry)
     program = torch.onnx.export(fxpass.freeze(model), inputs, dynamo=True, verbose=False)
     session = onnxruntime.InferenceSession(
@@ -190,8 +148,9 @@ def test_onnx_of_the_frozen_graph_runs_in_onnxruntime(entry: zoo.ZooEntry) -> No
 def test_torchscript_of_the_compiled_graph(entry: zoo.ZooEntry) -> None:
     model, inputs = _eval_pair(entry)
     gm = compile_entry(entry, copy.deepcopy(model)).eval()
-    if entry.name in NOT_SCRIPTABLE:
-        with pytest.raises(Exception, match=NOT_SCRIPTABLE[entry.name]):
+    failure = entry.limit("script")
+    if failure is not None:
+        with pytest.raises(Exception, match=failure):
             torch.jit.script(gm)
         return
     assert torch.equal(torch.jit.script(gm)(*inputs), model(*inputs))
@@ -201,8 +160,9 @@ def test_torchscript_of_the_compiled_graph(entry: zoo.ZooEntry) -> None:
 def test_torchscript_of_the_frozen_graph(entry: zoo.ZooEntry) -> None:
     model, inputs = _eval_pair(entry)
     frozen = fxpass.freeze(model)
-    if entry.name in FROZEN_NOT_SCRIPTABLE:
-        with pytest.raises(Exception, match=FROZEN_NOT_SCRIPTABLE[entry.name]):
+    failure = entry.limit("script_frozen")
+    if failure is not None:
+        with pytest.raises(Exception, match=failure):
             torch.jit.script(frozen)
         return
     assert torch.equal(torch.jit.script(frozen)(*inputs), model(*inputs))
@@ -210,28 +170,17 @@ def test_torchscript_of_the_frozen_graph(entry: zoo.ZooEntry) -> None:
 
 # -- torch.compile -------------------------------------------------------------------------------
 
-# Graph breaks of stateful transforms, and where they come from.
-EXPECTED_BREAKS = {
-    "called_twice": "torch.nn.Parameter",  # LearnedScale creates its parameter lazily
-    "two_reads": "torch.nn.Parameter",
-    "stateful": "torch.nn.Parameter",
-    "untraceable": "generic_jump",  # the opaque closure branches on a tensor
-    "qsparse": "torch.nn.Parameter",  # qsparse's layers create parameters on first call
-}
-
-
 @pytest.mark.parametrize("entry", zoo_params())
 def test_dynamo_graph_breaks(entry: zoo.ZooEntry) -> None:
     model, inputs = _eval_pair(entry)
     gm = compile_entry(entry, copy.deepcopy(model)).eval()
     torch._dynamo.reset()
     explanation = torch._dynamo.explain(gm)(*inputs)
-    if entry.name in EXPECTED_BREAKS:
+    expected = entry.limit("graph_breaks")
+    if expected is not None:
         assert explanation.graph_break_count > 0
         reasons = " ".join(str(b.reason) for b in explanation.break_reasons)
-        assert EXPECTED_BREAKS[entry.name] in reasons
-    elif entry.name == "branchy":
-        assert explanation.graph_break_count == 1  # Branchy's own `if h.sum() > 0`
+        assert expected in reasons
     else:
         assert (explanation.graph_count, explanation.graph_break_count) == (1, 0)
 
