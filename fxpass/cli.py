@@ -46,13 +46,13 @@ import torch.nn as nn
 from torch.utils import _pytree as pytree
 
 from fxpass import zoo
-from fxpass.errors import FxpassError
+from fxpass.errors import CommandError, FxpassError
 from fxpass.freeze import freeze, frozen_tensors
 from fxpass.parity import ParityReport, check
 from fxpass.record import CompileRecord, scope_record
 from fxpass.rewrite import compile, records
 
-__all__ = ["CommandError", "load_factory", "main"]
+__all__ = ["load_factory", "main"]
 
 FORMATS = {"text": "simple", "markdown": "github"}
 
@@ -62,10 +62,6 @@ JSON_SCHEMA = 1
 
 #: seconds a model's parity run may take before each of its steps is reported on stderr
 PROGRESS_AFTER_S = 2.0
-
-
-class CommandError(FxpassError, ValueError):
-    """Bad input at the command line: a path that does not import, a file that is not a model."""
 
 
 # -- factories ------------------------------------------------------------------------------------

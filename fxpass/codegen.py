@@ -37,6 +37,7 @@ from typing import Any
 import torch.fx
 import torch.nn as nn
 
+from fxpass.errors import EntryGuardError
 from fxpass.reading import standard_lookup
 
 __all__ = [
@@ -46,7 +47,6 @@ __all__ = [
     "MODES_ATTRIBUTE",
     "PICKLES_ATTRIBUTE_CODE",
     "DictWalkCodeGen",
-    "EntryGuardError",
     "attribute_chain",
     "dict_walk",
     "fx_forward",
@@ -71,8 +71,6 @@ MODES_ATTRIBUTE = "_fxpass_modes"
 GRAPH_MODE_ATTRIBUTE = "_fxpass_graph_mode"
 
 
-class EntryGuardError(RuntimeError):
-    """The generated code is not of the shape the argument guard needs (internal)."""
 _DICTIONARIES = ("_modules", "_parameters", "_buffers")
 
 

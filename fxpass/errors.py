@@ -6,12 +6,19 @@ catch either (``except fxpass.FxpassError`` or ``except TypeError``).
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
+    "CommandError",
+    "EntryGuardError",
+    "ExampleInputsError",
     "FreezeError",
     "FxpassError",
     "InvalidModelError",
     "NotCompiledError",
     "NotScriptableError",
+    "ParityArgumentError",
+    "ReadsModeError",
     "UnsupportedPatchError",
     "UntraceableModelError",
 ]
@@ -55,3 +62,42 @@ class FreezeError(FxpassError, RuntimeError):
 
 class NotCompiledError(FxpassError, ValueError):
     """A GraphModule that :func:`fxpass.compile` did not produce, where one was expected."""
+
+
+class ExampleInputsError(FxpassError, ValueError):
+    """The example inputs do not fit the model: its forward raised on them."""
+
+
+class ParityArgumentError(FxpassError, ValueError):
+    """An argument of :func:`fxpass.parity.check` cannot be used (no steps, an unknown mode or
+    probe, ...)."""
+
+
+class CommandError(FxpassError, ValueError):
+    """Bad input at the command line: a path that does not import, a file that is not a model."""
+
+
+class ReadsModeError(UntraceableModelError):
+    """The model's own forward reads ``self.training`` (or a submodule's): traced in one go, its
+    graph would be fixed to the current mode. ``fxpass.compile`` traces it once per mode
+    instead."""
+
+
+class CachedInsideTrace(UntraceableModelError):
+    """A parametrized tensor is read inside a ``parametrize.cached()`` block that the forward of
+    ``module`` entered while being traced: the graph would not enter it at run time (it would
+    evaluate the parametrization at every read), so ``module`` is kept as a call (for the model
+    itself: it is not traced). Internal: the tracer catches it."""
+
+    def __init__(self, message: str, module: Any) -> None:
+        super().__init__(message)
+        self.module = module
+
+
+class Untraceable(Exception):
+    """Internal signal: the code being traced cannot be traced faithfully (a transform that is
+    then kept as one opaque call)."""
+
+
+class EntryGuardError(RuntimeError):
+    """The generated code is not of the shape the argument guard needs (internal)."""

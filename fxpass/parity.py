@@ -31,7 +31,7 @@ import tabulate
 import torch
 from torch import nn
 
-from fxpass.errors import FxpassError, InvalidModelError
+from fxpass.errors import ExampleInputsError, InvalidModelError, ParityArgumentError
 from fxpass.record import CompileRecord
 from fxpass.record import scope_record
 from fxpass.rewrite import compile as fxpass_compile
@@ -58,14 +58,6 @@ OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 LossFn = Callable[[Any], torch.Tensor]
 
 _MAX_LISTED = 5
-
-
-class ExampleInputsError(FxpassError, ValueError):
-    """The example inputs do not fit the model: its forward raised on them."""
-
-
-class ParityArgumentError(FxpassError, ValueError):
-    """An argument of :func:`check` cannot be used (no steps, an unknown mode or probe, ...)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -596,7 +588,7 @@ class _Run:
                 )
 
             step_error = ""
-            for which, optimizer in zip(("reference", "candidate"), optimizers or (None, None)):
+            for which, optimizer in zip(("reference", "candidate"), optimizers):
                 if optimizer is None:
                     continue
                 try:

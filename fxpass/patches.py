@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import sys
-from typing import Callable, Literal
+from typing import Literal
 
 import torch.nn as nn
 
@@ -41,13 +41,11 @@ class Layer:
         kind: which patch made the class.
         name: the transform's name (``imitate``), or ``"parametrizations"``.
         attributes: the attributes the layer turns into properties.
-        cls: the patch class itself.
     """
 
     kind: LayerKind
     name: str
     attributes: tuple[str, ...]
-    cls: type
 
     def transform_attribute(self, attribute: str) -> str:
         """The module attribute holding this layer's transform of ``attribute``."""
@@ -103,7 +101,7 @@ def _qsparse_name(cls: type) -> str | None:
 def _layer_of(cls: type, module: nn.Module) -> Layer | None:
     own = cls.__dict__
     if "__imitation_name__" in own:
-        return Layer("imitate", own["__imitation_name__"], IMITATED_ATTRIBUTES, cls)
+        return Layer("imitate", own["__imitation_name__"], IMITATED_ATTRIBUTES)
     if cls.__module__ == "qsparse.imitation" and cls.__qualname__.endswith("<locals>.Imitation"):
         name = _qsparse_name(cls)
         if name is None:
@@ -111,10 +109,10 @@ def _layer_of(cls: type, module: nn.Module) -> Layer | None:
                 f"{type(module).__name__}: a qsparse Imitation class whose transform name cannot "
                 "be read; fxpass supports qsparse 2.0's imitate"
             )
-        return Layer("qsparse", name, IMITATED_ATTRIBUTES, cls)
+        return Layer("qsparse", name, IMITATED_ATTRIBUTES)
     if cls.__module__ == "torch.nn.utils.parametrize" and cls.__name__.startswith("Parametrized"):
         attributes = tuple(k for k, v in own.items() if isinstance(v, property))
-        return Layer("parametrize", "parametrizations", attributes, cls)
+        return Layer("parametrize", "parametrizations", attributes)
     return None
 
 
@@ -190,10 +188,3 @@ def find_patch_stack(module: nn.Module, path: str = "") -> PatchStack | None:
     if not layers:
         return None
     return PatchStack(base=base, layers=tuple(reversed(layers)))
-
-
-def stored_transform(module: nn.Module, attribute: str) -> Callable | nn.Module:
-    """The object stored at ``module.<attribute>`` without triggering any property."""
-    if attribute in module._modules:
-        return module._modules[attribute]
-    return module.__dict__[attribute]

@@ -10,8 +10,8 @@ from typing import Any, Callable, Literal, Union
 import torch.fx
 import torch.nn as nn
 
-from fxpass.codegen import ENTRY_ATTRIBUTE, GRAPH_MODE_ATTRIBUTE, MODES_ATTRIBUTE, EntryGuardError
-from fxpass.errors import InvalidModelError, UntraceableModelError
+from fxpass.codegen import ENTRY_ATTRIBUTE, GRAPH_MODE_ATTRIBUTE, MODES_ATTRIBUTE
+from fxpass.errors import EntryGuardError, InvalidModelError, ReadsModeError, UntraceableModelError
 from fxpass.ops import PRESERVED, INSTANCE_ATTRIBUTES, TREE_ATTRIBUTES, CompiledGraphModule, LoadTracer, ModeGraphs
 from fxpass.patches import find_patch_stack, join_path
 from fxpass.reading import install_eager_forward
@@ -24,7 +24,7 @@ from fxpass.record import (
     find_record,
 )
 from fxpass.shells import build_shells, has_patch, remap_references, shell_of
-from fxpass.tracer import PatchTracer, ReadsModeError
+from fxpass.tracer import PatchTracer
 
 __all__ = ["compile", "records"]
 

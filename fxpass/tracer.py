@@ -24,7 +24,8 @@ import torch.fx
 import torch.nn as nn
 from torch.nn.utils import parametrize as _parametrize
 
-from fxpass.errors import FxpassError, UnsupportedPatchError, UntraceableModelError
+from fxpass.errors import CachedInsideTrace as _CachedInsideTrace
+from fxpass.errors import FxpassError, ReadsModeError, UnsupportedPatchError, UntraceableModelError
 from fxpass.ops import Opaque, parametrized
 from fxpass.patches import join_path
 from fxpass.reading import install_eager_forward
@@ -32,7 +33,7 @@ from fxpass.record import KeptCall, Rewrite
 from fxpass.shells import Patched, ShellTree, keep_reads
 from fxpass.transforms import TransformTrace, describe, emit_transform, refuse_autograd_functions
 
-__all__ = ["ACTIVATIONS", "PatchTracer", "ReadsModeError"]
+__all__ = ["ACTIVATIONS", "PatchTracer"]
 
 ACTIVATIONS: frozenset[type[nn.Module]] = frozenset(
     (
@@ -56,21 +57,6 @@ _CALL_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_back
 _ACTIVE: contextvars.ContextVar[PatchTracer | None] = contextvars.ContextVar("fxpass_tracer", default=None)
 
 
-class ReadsModeError(UntraceableModelError):
-    """The model's own forward reads ``self.training`` (or a submodule's): traced in one go, its
-    graph would be fixed to the current mode. ``fxpass.compile`` traces it once per mode
-    instead."""
-
-
-class _CachedInsideTrace(UntraceableModelError):
-    """A parametrized tensor is read inside a ``parametrize.cached()`` block that the forward of
-    ``module`` entered while being traced: the graph would not enter it at run time (it would
-    evaluate the parametrization at every read), so ``module`` is kept as a call (for the model
-    itself: it is not traced)."""
-
-    def __init__(self, message: str, module: nn.Module) -> None:
-        super().__init__(message)
-        self.module = module
 
 
 def _cache_level() -> int:
@@ -335,9 +321,6 @@ class PatchTracer(torch.fx.Tracer):
         del self.eager_calls[mark.eager_calls :]
 
     # -- hooks of torch.fx.Tracer ------------------------------------------------------------
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return id(m) not in self.tree.shells or id(m) in self.tree.leaves
 
     def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
         # torch.fx searches named_parameters() on every access (quadratic in model size) and

@@ -20,7 +20,7 @@ import torch
 import torch.fx
 import torch.nn as nn
 
-from fxpass.errors import FxpassError
+from fxpass.errors import FxpassError, Untraceable
 from fxpass.ops import Opaque
 from fxpass.patches import join_path
 from fxpass.record import How
@@ -33,8 +33,6 @@ if TYPE_CHECKING:
 __all__ = ["TransformTrace", "Untraceable", "emit_transform", "refuse_autograd_functions"]
 
 
-class Untraceable(Exception):
-    """Internal signal: the code being traced cannot be traced faithfully."""
 
 
 @contextlib.contextmanager

@@ -134,7 +134,7 @@ def test_inspect_refuses_files_that_are_not_compiled_models(
 
 
 def test_debug_shows_the_traceback(capsys: pytest.CaptureFixture[str]) -> None:
-    from fxpass.cli import CommandError
+    from fxpass.errors import CommandError
 
     with pytest.raises(CommandError):
         main(["--debug", "inspect", "missing.pt"])
