@@ -222,3 +222,22 @@ def test_the_docs_list_every_case() -> None:
     missing = [c.id for c in CASES if f"`{c.id}`" not in text]
     assert not missing
     assert len(CASES) >= 15
+
+
+def _documented_messages() -> dict[str, str]:
+    """Case id -> the message column of its row in docs/bad-input.md."""
+    rows = {}
+    for line in DOCS.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+        if len(cells) == 3 and cells[0].startswith("`") and cells[0].endswith("`"):
+            rows[cells[0].strip("`")] = cells[2]
+    return rows
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_the_docs_show_each_message_as_raised(case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(case.error) as info:
+        case.call(case.build())
+    shown = _documented_messages()[case.id]
+    assert shown == str(info.value).replace("|", "\\|"), (case.id, str(info.value))

@@ -183,9 +183,13 @@ def test_graph_lints_and_holds_no_patched_class(entry: zoo.ZooEntry) -> None:
         gm.graph.lint()
         assert not [n for n in gm.graph.nodes if n.op == "get_attr" and "_tensor_constant" in n.target]
     for name, module in compiled.named_modules():
-        assert not is_imitated(module) and "<locals>" not in type(module).__qualname__ or isinstance(
-            module, torch.fx.GraphModule
-        ), name
+        if isinstance(module, torch.fx.GraphModule):
+            continue  # (GraphModule makes a class per instance)
+        # no class patch of any kind is left: imitate, qsparse, parametrize's Parametrized*
+        assert fxpass.patches.find_patch_stack(module, name) is None, (name, type(module))
+        assert not is_imitated(module) and "<locals>" not in type(module).__qualname__, name
+        cls = type(module)
+        assert not (cls.__module__ == "torch.nn.utils.parametrize" and cls.__name__.startswith("Parametrized")), name
     found = [
         fxpass.patches.join_path(prefix, path)
         for prefix, record in fxpass.records(compiled).items()
@@ -227,8 +231,13 @@ def test_record_says_how_each_transform_was_emitted(name: str, counts, kept) -> 
     record = fxpass.record_of(fxpass.compile(model))
     assert record.counts() == counts
     assert [k.module for k in record.kept_calls] == kept
-    table = record.table()
-    assert "module" in table and "how" in table
+    table = record.table().split("\n\n")
+    rows = table[0].splitlines()[2:]  # (under the header and its rule: one row per rewrite, in order)
+    assert len(rows) == len(record.rewrites) == sum(counts.values())
+    for row, rewrite in zip(rows, record.rewrites):
+        assert row.split()[:4] == [rewrite.module or "<model>", rewrite.attribute, rewrite.transform, rewrite.how]
+    kept_rows = [t for t in table[1:] if t.startswith("kept as a call")]
+    assert [line.split()[0] for t in kept_rows for line in t.splitlines()[2:]] == kept
 
 
 def test_transformer_keeps_attention_as_a_call_reading_out_proj_inside() -> None:
