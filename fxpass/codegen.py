@@ -3,7 +3,7 @@
 torch.fx writes a ``get_attr`` of ``layers.0.0.weight`` as
 ``getattr(getattr(self.layers, "0"), "0").weight``. None of these names is in an instance
 ``__dict__``, so every step falls back to the Python-level ``nn.Module.__getattr__``: on a model
-of small layers this costs about as much as the arithmetic. :class:`DictWalkCodeGen` writes the
+of small layers this costs about as much as the arithmetic. :class:`fxpass.compiled.DictWalkCodeGen` writes the
 same read as ``self._modules['layers']._modules['0']._modules['0']._parameters['weight']``, which
 is what ``nn.Module.__getattr__`` would end up reading, at a fraction of the cost.
 
@@ -26,7 +26,7 @@ reverse.
 Whatever re-traces the code with torch.fx gets torch.fx's own code, since a walk would hand the
 tracer the raw tensor and the transforms after it would be recorded as constants: pickles and
 ``torch.package`` carry it, TorchScript (which cannot compile ``_modules[...]``) compiles a twin
-with it (see :class:`fxpass.ops.CompiledGraphModule`), and the forward's first line hands a call
+with it (see :class:`fxpass.compiled.CompiledGraphModule`), and the forward's first line hands a call
 made while torch.fx traces (``symbolic_trace`` of the compiled model, ``make_fx``) to it.
 """
 
@@ -38,25 +38,21 @@ import torch.fx
 import torch.nn as nn
 
 from fxpass.errors import EntryGuardError
-from fxpass.reading import standard_lookup
+from fxpass.reading import reads_open, standard_lookup
 
 __all__ = [
     "ENTRY_ATTRIBUTE",
     "FX_FORWARD",
     "GRAPH_MODE_ATTRIBUTE",
     "MODES_ATTRIBUTE",
-    "PICKLES_ATTRIBUTE_CODE",
-    "DictWalkCodeGen",
     "attribute_chain",
     "dict_walk",
     "fx_forward",
+    "walk_code",
 ]
 
 _MODULE_GETATTR = nn.Module.__getattr__
 
-#: A class attribute: true on GraphModule classes whose pickles carry torch.fx's own code (see
-#: :class:`fxpass.ops.CompiledGraphModule`); the code generator writes walks for those only.
-PICKLES_ATTRIBUTE_CODE = "pickles_attribute_code"
 
 #: An attribute of a compiled part: ``((argument, traced as None), ...)`` for the arguments whose
 #: ``None``-ness its graph was traced for. The generated forward first checks them and hands any
@@ -64,7 +60,7 @@ PICKLES_ATTRIBUTE_CODE = "pickles_attribute_code"
 ENTRY_ATTRIBUTE = "_fxpass_entry"
 
 #: An attribute of a model compiled once per mode (its forward reads ``self.training``): its
-#: :class:`fxpass.ops.ModeGraphs`. The generated forward (of the training graph) first hands an
+#: :class:`fxpass.compiled.ModeGraphs`. The generated forward (of the training graph) first hands an
 #: eval-mode call to the eval graph.
 MODES_ATTRIBUTE = "_fxpass_modes"
 #: With :data:`MODES_ATTRIBUTE`: the mode (True: training) of the graph the model holds now.
@@ -160,82 +156,62 @@ def dict_walk(root: nn.Module, base: str, target: str) -> str:
     return _Spellings(root, base)(target)[1]
 
 
-class DictWalkCodeGen(torch.fx.graph.CodeGen):
-    """torch.fx's code generator, with ``get_attr`` and ``call_module`` targets as dict walks.
+def walk_code(code: Any, nodes: Any, root: nn.Module, root_module: str, namespace: Any, *, walks: bool = True) -> Any:
+    """torch.fx's generated ``code`` of ``nodes``, its ``get_attr`` and ``call_module`` targets
+    rewritten as dictionary walks resolved against ``root`` (unless ``walks`` is false), and the
+    lines that guard the forward (another mode's graph, arguments the graph was not traced for,
+    a torch.fx trace of the forward) inserted after its ``def``.
 
-    It generates torch.fx's code, then rewrites the target expression of each ``get_attr`` and
-    ``call_module`` line, resolving the steps against the graph's owning module. A line it does not
-    recognise (a torch.fx version that spells targets differently) keeps torch.fx's form, which
-    reads the same objects. It holds no state, so a graph carrying it deep-copies as before.
-
-    It writes walks only for an owning module whose class sets :data:`PICKLES_ATTRIBUTE_CODE`
-    (:class:`fxpass.ops.CompiledGraphModule`); for any other GraphModule it is torch.fx's
-    generator.
-
-    Example:
-        >>> import torch.fx, torch.nn as nn
-        >>> from fxpass.ops import CompiledGraphModule
-        >>> model = nn.Sequential(nn.Linear(2, 2))
-        >>> traced = torch.fx.symbolic_trace(model)
-        >>> gm = CompiledGraphModule.build(model, traced.graph, class_name="M", training=True)
-        >>> print(gm.code.strip().splitlines()[-2].strip())
-        _0 = self._modules['0'](input_1);  input_1 = None
-        >>> plain = torch.fx.GraphModule(model, gm.graph)  # a plain GraphModule: torch.fx's code
-        >>> print(plain.code.strip().splitlines()[-2].strip())
-        _0 = getattr(self, "0")(input_1);  input_1 = None
+    Raises:
+        EntryGuardError: the code needs a guard and has no place for one.
     """
-
-    def _gen_python_code(self, nodes: Any, root_module: str, namespace: Any, **kwargs: Any) -> Any:
-        code = super()._gen_python_code(nodes, root_module, namespace, **kwargs)
-        first = next(iter(nodes), None)
-        graph = first.graph if first is not None else None
-        root = graph.owning_module if graph is not None else None
-        if not getattr(root, PICKLES_ATTRIBUTE_CODE, False):
-            # Only a module that pickles torch.fx's code gets walks: a plain GraphModule (one a
-            # torch.fx pass built around this graph, say) would pickle the walks, and re-tracing
-            # them on load would turn every transform into a constant.
-            return code
-        entry = root.__dict__.get(ENTRY_ATTRIBUTE)
-        modes = root.__dict__.get(MODES_ATTRIBUTE)
-        # Each get_attr or call_module is one line "    <name> = <chain>" followed by nothing, ";"
-        # (the next statement) or "(" (the call). A line is rewritten only when it spells its
-        # node's chain: a node whose name the code changed (to avoid a clash) keeps its line.
-        spellings = _Spellings(root, root_module)
-        rewrites: dict[str, tuple[str, str]] = {}  # node name -> (torch.fx's chain, target)
-        for node in nodes:
-            if node.op in ("get_attr", "call_module") and isinstance(node.target, str):
-                chain, walk = spellings(node.target)
-                if walk != chain:
-                    rewrites[node.name] = (chain, node.target)
-        if not rewrites and not entry and modes is None:
-            return code
-        lines = code.src.split("\n")
-        guard = _tracing_guard(nodes, lines)
-        if guard is None:
-            if entry or modes is not None:
-                raise EntryGuardError("the generated forward has no place for the argument guard")
-            return code
-        _rewrite_lines(lines, rewrites, spellings, namespace)
-        # torch.fx tracing this forward (symbolic_trace of the compiled model, a model around
-        # it, make_fx) must see attribute reads, or the transforms would run eagerly on the raw
-        # tensors and be recorded as constants: the forward then runs torch.fx's own code.
-        def_line, call = guard
-        added = []
-        # (first: torch.fx's own code below is the graph's too, valid for its mode and pattern only)
-        if modes is not None:
-            mode = bool(root.__dict__.get(GRAPH_MODE_ATTRIBUTE, True))
-            added.append(f"    if self.training is not {mode}: return self._fxpass_other_mode({call})")
-            if modes.reads:
-                added.append(f"    self._fxpass_check_modes({mode})")
-        if entry:
-            added.append(f"    if {_entry_condition(entry)}: return self._fxpass_eager({call})")
-        added.append(f"    if {_TRACE_STATE}._is_fx_tracing_flag: return self.{FX_FORWARD}({call})")
-        lines[def_line + 1 : def_line + 1] = added
-        code.src = "\n".join(lines)
-        code.globals[_TRACE_STATE] = torch.fx._symbolic_trace
-        if code._lineno_map is not None:  # (numbered from the def line: lines added before each)
-            code._lineno_map = {line + len(added): node for line, node in code._lineno_map.items()}
+    entry = root.__dict__.get(ENTRY_ATTRIBUTE)
+    modes = root.__dict__.get(MODES_ATTRIBUTE)
+    # Each get_attr or call_module is one line "    <name> = <chain>" followed by nothing, ";"
+    # (the next statement) or "(" (the call). A line is rewritten only when it spells its
+    # node's chain: a node whose name the code changed (to avoid a clash) keeps its line.
+    spellings = _Spellings(root, root_module)
+    rewrites: dict[str, tuple[str, str]] = {}  # node name -> (torch.fx's chain, target)
+    for node in nodes if walks else ():
+        if node.op in ("get_attr", "call_module") and isinstance(node.target, str):
+            chain, walk = spellings(node.target)
+            if walk != chain:
+                rewrites[node.name] = (chain, node.target)
+    if walks and not rewrites and not entry and modes is None:
         return code
+    lines = code.src.split("\n")
+    guard = _tracing_guard(nodes, lines)
+    if guard is None:
+        if entry or modes is not None or not walks:
+            raise EntryGuardError("the generated forward has no place for the argument guard")
+        return code
+    _rewrite_lines(lines, rewrites, spellings, namespace)
+    # torch.fx tracing this forward (symbolic_trace of the compiled model, a model around
+    # it, make_fx) must see attribute reads, or the transforms would run eagerly on the raw
+    # tensors and be recorded as constants: the forward then runs torch.fx's own code.
+    def_line, call = guard
+    added = []
+    # (first: torch.fx's own code below is the graph's too, valid for its mode and pattern only)
+    if modes is not None:
+        mode = bool(root.__dict__.get(GRAPH_MODE_ATTRIBUTE, True))
+        added.append(f"    if self.training is not {mode}: return self._fxpass_other_mode({call})")
+        if modes.reads:
+            added.append(f"    self._fxpass_check_modes({mode})")
+    if entry:
+        added.append(f"    if {_entry_condition(entry)}: return self._fxpass_eager({call})")
+    if not walks:
+        # Attribute reads of torch.fx's code, run inside eager code (a compiled part of a
+        # module-scope model), would see patched tensors evaluated as at run time
+        # (fxpass.reading), and the graph would transform them again: close those reads.
+        added.append(f"    if {_READS_OPEN}(): return self._fxpass_reads_closed({call})")
+        code.globals[_READS_OPEN] = reads_open
+    added.append(f"    if {_TRACE_STATE}._is_fx_tracing_flag: return self.{FX_FORWARD}({call})")
+    lines[def_line + 1 : def_line + 1] = added
+    code.src = "\n".join(lines)
+    code.globals[_TRACE_STATE] = torch.fx._symbolic_trace
+    if code._lineno_map is not None:  # (numbered from the def line: lines added before each)
+        code._lineno_map = {line + len(added): node for line, node in code._lineno_map.items()}
+    return code
 
 
 def _rewrite_lines(
@@ -296,7 +272,9 @@ def _entry_condition(entry: tuple[tuple[str, bool], ...]) -> str:
 
 
 _TRACE_STATE = "_fxpass_fx_trace_state"
-#: The method of a module that pickles torch.fx's code (:class:`fxpass.ops.CompiledGraphModule`)
+#: The generated code's name of :func:`fxpass.reading.reads_open`.
+_READS_OPEN = "_fxpass_reads_open"
+#: The method of a module that pickles torch.fx's code (:class:`fxpass.compiled.CompiledGraphModule`)
 #: running torch.fx's own code of its graph. A method, not a global of the generated code, so that
 #: graphs of the same structure generate the same code with the same globals (and share it).
 FX_FORWARD = "_fxpass_fx_forward"
@@ -342,3 +320,12 @@ def fx_forward(graph: torch.fx.Graph) -> Any:
         exec(compile(code.src, "<fxpass: torch.fx's code>", "exec"), namespace)  # noqa: S102
         fn = graph.__dict__[FX_FORWARD] = namespace["forward"]
     return fn
+
+
+def __getattr__(name: str) -> Any:
+    # Models saved when the code generator lived here name fxpass.codegen.DictWalkCodeGen.
+    if name == "DictWalkCodeGen":
+        from fxpass import compiled
+
+        return compiled.DictWalkCodeGen
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

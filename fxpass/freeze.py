@@ -10,7 +10,8 @@ import torch.fx
 import torch.nn as nn
 
 from fxpass.errors import FreezeError, InvalidModelError, UntraceableModelError
-from fxpass.ops import INSTANCE_ATTRIBUTES, PRESERVED, CompiledGraphModule, call_with_overrides
+from fxpass.compiled import INSTANCE_ATTRIBUTES, PRESERVED, CompiledGraphModule
+from fxpass.ops import call_with_overrides
 from fxpass.patches import join_path
 from fxpass.reading import PLAN, read_value, remove_eager_forward, undress
 from fxpass.record import RECORD_ATTRIBUTE, Rewrite, find_record, record_of, scope_record

@@ -211,6 +211,23 @@ def eager_reads() -> Iterator[None]:
         _EAGER.open.pop()
 
 
+def reads_open() -> bool:
+    """Whether this thread's patched reads are evaluated as at run time now."""
+    return bool(_EAGER.open)
+
+
+@contextlib.contextmanager
+def reads_closed() -> Iterator[None]:
+    """Within the block, this thread's patched reads are the classes' own again (inside an eager
+    read window: a compiled graph reading raw tensors with attribute lookups)."""
+    opened = _EAGER.open
+    _EAGER.open = []
+    try:
+        yield
+    finally:
+        _EAGER.open = opened
+
+
 class EagerForward:
     """The ``forward`` of an eager module of a module-scope compile, set as an instance attribute:
     its own forward, run with this thread reading patched tensors as at run time (see the module

@@ -94,7 +94,7 @@ class CompileRecord:
         boundaries: paths of the modules compiled on their own, which the graph calls
             (``fxpass.compile(..., boundaries=...)``); each has its own record.
         modes: ``("train", "eval")`` for a model whose own forward reads ``self.training``: it
-            was traced once per mode (see :class:`fxpass.ops.ModeGraphs`), and this is the record
+            was traced once per mode (see :class:`fxpass.compiled.ModeGraphs`), and this is the record
             of the graph of the model's current mode.
         scope_reason: with ``scope="auto"``, why model scope was used.
     """

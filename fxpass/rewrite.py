@@ -12,7 +12,16 @@ import torch.nn as nn
 
 from fxpass.codegen import ENTRY_ATTRIBUTE, GRAPH_MODE_ATTRIBUTE, MODES_ATTRIBUTE
 from fxpass.errors import EntryGuardError, InvalidModelError, ReadsModeError, UntraceableModelError
-from fxpass.ops import PRESERVED, INSTANCE_ATTRIBUTES, TREE_ATTRIBUTES, CompiledGraphModule, LoadTracer, ModeGraphs
+from fxpass.compiled import (
+    CODE_STYLES,
+    INSTANCE_ATTRIBUTES,
+    PRESERVED,
+    TREE_ATTRIBUTES,
+    CompiledGraphModule,
+    LoadTracer,
+    ModeGraphs,
+    use_fx_code,
+)
 from fxpass.patches import find_patch_stack, join_path
 from fxpass.reading import install_eager_forward
 from fxpass.record import (
@@ -38,6 +47,7 @@ def compile(  # noqa: A001 - the library's verb, like torch.compile
     scope: Literal["model", "module", "auto"] = "model",
     inline_activations: bool = False,
     boundaries: Boundaries = None,
+    code: Literal["walks", "fx"] = "walks",
 ) -> nn.Module:
     """Rewrite a class-patched model into a plain ``GraphModule`` with the same semantics.
 
@@ -78,6 +88,11 @@ def compile(  # noqa: A001 - the library's verb, like torch.compile
             hooks, ``torch.compile`` of each block). It answers ``isinstance`` like the module it
             replaces and keeps its plain attributes. A matching module torch.fx cannot trace runs
             eagerly, as in module scope. The default, None, gives one flat graph.
+        code: the generated forward of every compiled graph: ``"walks"`` reaches tensors and
+            modules through the tree's dictionaries (:mod:`fxpass.codegen`, faster on models of
+            small layers), ``"fx"`` is torch.fx's own code (attribute lookups). Both compute the
+            same outputs; ``"fx"`` sees a class patch applied to a compiled module after the
+            compile without a ``recompile()``.
 
     Returns:
         The compiled model (a GraphModule in model scope); :func:`fxpass.record_of` tells what
@@ -105,7 +120,19 @@ def compile(  # noqa: A001 - the library's verb, like torch.compile
             f"fxpass.compile expects an nn.Module, got {type(model).__name__}; pass the model "
             "itself (not its state_dict or a function)"
         )
-    match = _matcher(boundaries)
+    if code not in CODE_STYLES:
+        raise InvalidModelError(f"code must be {' or '.join(map(repr, CODE_STYLES))}, got {code!r}")
+    compiled = _compile(model, concrete_args, scope, inline_activations, _matcher(boundaries))
+    return use_fx_code(compiled) if code == "fx" else compiled
+
+
+def _compile(
+    model: nn.Module,
+    concrete_args: dict[str, Any] | None,
+    scope: str,
+    inline_activations: bool,
+    match: Callable[[str, nn.Module], bool] | None,
+) -> nn.Module:
     if scope == "auto":
         try:
             result = _compile_at_model_scope(model, concrete_args, inline_activations, match)
@@ -221,7 +248,7 @@ def _compile_per_mode(
     boundaries: tuple[str, ...],
 ) -> CompiledGraphModule:
     """A model whose own forward reads ``self.training``: one graph per mode over one tree (see
-    :class:`~fxpass.ops.ModeGraphs`); the compiled model starts with the graph of the model's mode."""
+    :class:`~fxpass.compiled.ModeGraphs`); the compiled model starts with the graph of the model's mode."""
     built: dict[bool, tuple[torch.fx.Graph, CompileRecord, tuple[str, ...]]] = {}
     for mode in (True, False):
         tracer = PatchTracer(tree, inline_activations=inline_activations)

@@ -16,7 +16,7 @@ import torch.fx
 import torch.nn as nn
 
 import fxpass
-from fxpass import ops
+from fxpass import compiled
 from fxpass.codegen import attribute_chain, dict_walk
 from imitation_runtime import imitate
 from tests.support import zoo_params
@@ -151,7 +151,7 @@ def test_pickles_carry_the_nodes_and_load_without_a_trace(monkeypatch: pytest.Mo
     gm = fxpass.compile(model)
     _new, _args, state = gm.__reduce__()
     assert not {"_graph", "_code"} & set(state)
-    saved = [(op, name) for op, name, *_ in state[ops._NODES].nodes]
+    saved = [(op, name) for op, name, *_ in state[compiled._NODES].nodes]
     assert saved == [(n.op, n.name) for n in gm.graph.nodes]
 
     def no_trace(*args: object, **kwargs: object) -> None:
@@ -185,7 +185,7 @@ def test_a_graph_with_pytree_code_pickles_as_torch_fx_code_and_loads_with_the_fa
     model = _Dict()
     PH = torch.fx._symbolic_trace.PH
     gm = fxpass.compile(model, concrete_args={"inputs": {"a": PH, "b": PH}})
-    assert ops._NodeList.of(gm.graph) is None
+    assert compiled._NodeList.of(gm.graph) is None
     _rebuild, (_reduce, (body, _imports), *_rest) = gm.__reduce__()
     assert "self.lin.weight" in body["_code"]
     assert "_modules[" not in body["_code"]
@@ -207,7 +207,7 @@ def test_a_node_list_keeps_names_types_and_nested_arguments() -> None:
     first = graph.create_node("call_function", operator.getitem, (pair, 0), name="left")
     joined = graph.create_node("call_function", torch.cat, ([first, x],), {"dim": 1}, name="joined")
     graph.output({"out": joined, "both": (first, [x])})
-    rebuilt = pickle.loads(pickle.dumps(ops._NodeList.of(graph))).graph()
+    rebuilt = pickle.loads(pickle.dumps(compiled._NodeList.of(graph))).graph()
     assert [_node_key(n) for n in rebuilt.nodes] == [_node_key(n) for n in graph.nodes]
     assert rebuilt.python_code("self").src == graph.python_code("self").src
 
@@ -217,10 +217,10 @@ def test_a_node_target_pickle_cannot_find_by_name_keeps_torch_fx_pickle() -> Non
         return torch.relu(x)
 
     graph = torch.fx.symbolic_trace(nn.ReLU()).graph
-    assert ops._NodeList.of(graph) is not None
+    assert compiled._NodeList.of(graph) is not None
     node = next(n for n in graph.nodes if n.op == "call_function")
     node.target = local_relu
-    assert ops._NodeList.of(graph) is None
+    assert compiled._NodeList.of(graph) is None
 
 
 class _Outer(nn.Module):
@@ -389,3 +389,32 @@ def test_recompiling_one_of_them_gives_it_a_class_of_its_own() -> None:
     assert torch.equal(second(x), model(x))  # its code is as it was
     third = fxpass.compile(copy.deepcopy(model))  # the old code: it must not get first's forward
     assert torch.equal(third(x), model(x))
+
+
+# -- code="fx": torch.fx's own code, the same semantics --------------------------------------------
+
+
+def _graph_codes(model: nn.Module) -> list[str]:
+    return [m.code for m in model.modules() if isinstance(m, torch.fx.GraphModule)]
+
+
+@pytest.mark.parametrize("entry", zoo_params())
+def test_code_fx_keeps_parity_with_the_runtime_model(entry) -> None:
+    """compile(..., code="fx") gives every compiled graph torch.fx's attribute reads instead of
+    the dictionary walks: the same trajectories, bitwise, in both modes (parts of module-scope
+    models included, whose eager callers read patched tensors as at run time)."""
+    model, inputs = entry.build()
+    options = {**entry.compile_options(), "code": "fx"}
+    compiled_model = fxpass.compile(copy.deepcopy(model), **options)
+    codes = _graph_codes(compiled_model)
+    assert codes and not any("_modules[" in c or "_parameters[" in c for c in codes)
+    loaded = pickle.loads(pickle.dumps(compiled_model))
+    assert _graph_codes(loaded) == codes
+    report = fxpass.parity.check(model, inputs, steps=2, compile_options=options)
+    assert report.ok and report.bitwise, report.table(failures_only=True)
+
+
+def test_code_must_be_walks_or_fx() -> None:
+    model = _stack()
+    with pytest.raises(fxpass.InvalidModelError, match="code must be 'walks' or 'fx', got 'python'"):
+        fxpass.compile(model, code="python")

@@ -467,3 +467,22 @@ def test_activations_of_a_kept_call_are_not_recorded_as_inlined() -> None:
         model.train(mode)
         gm.train(mode)
         assert torch.equal(gm(x), model(x))
+
+
+SAVED = sorted((Path(__file__).parent / "data").glob("saved-*.pt"))
+
+
+@pytest.mark.parametrize("path", SAVED, ids=[p.stem for p in SAVED])
+def test_models_saved_by_earlier_versions_still_load(path: Path) -> None:
+    """Models saved whole by fxpass before its pickle carried the graph's nodes (359395c:
+    torch.fx's code, re-traced on load) and before the compiled GraphModule moved to
+    fxpass.compiled (1a1d486: the names were fxpass.ops.* and fxpass.codegen.*): each loads,
+    computes what it computed when it was saved, switches mode, and saves again."""
+    saved = torch.load(path, weights_only=False)
+    model = saved["model"].eval()
+    with torch.no_grad():
+        assert torch.equal(model(*saved["inputs"]), saved["expected"])
+        model.train()
+        model.eval()
+        again = pickle.loads(pickle.dumps(model))
+        assert torch.equal(again(*saved["inputs"]), saved["expected"])

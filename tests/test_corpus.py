@@ -28,7 +28,7 @@ import torch.nn as nn
 
 import fxpass
 from fxpass import corpus
-from fxpass.ops import CompiledGraphModule
+from fxpass.compiled import CompiledGraphModule
 from fxpass.parity import default_loss
 from fxpass.testing import assert_outputs_equal
 from imitation_runtime import is_imitated
