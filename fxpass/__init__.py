@@ -1,17 +1,19 @@
 """fxpass: class-patched PyTorch models -> plain, pickleable torch.fx GraphModules."""
 
 from fxpass.errors import (
+    ExampleInputsError,
     FreezeError,
     FxpassError,
     InvalidModelError,
     NotCompiledError,
     NotScriptableError,
+    ParityArgumentError,
     UnsupportedPatchError,
     UntraceableModelError,
 )
 from fxpass import parity, testing
 from fxpass.freeze import freeze
-from fxpass.parity import ExampleInputsError, ParityArgumentError, ParityReport, ParityRow
+from fxpass.parity_report import ParityReport, ParityRow
 from fxpass.record import CompileRecord, EagerModule, KeptCall, Rewrite, ScopeRecord, record_of, scope_record
 from fxpass.rewrite import compile, records
 from fxpass.tracer import ACTIVATIONS

@@ -16,22 +16,20 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import io
-import math
 import random
 import statistics
 import sys
 import time
-import types
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-import tabulate
 import torch
 from torch import nn
 
+from fxpass.comparison import Comparison, compare_all, error_text, flat, flatten, listing, sequence_difference
 from fxpass.errors import ExampleInputsError, InvalidModelError, ParityArgumentError
+from fxpass.parity_report import ParityReport, ParityRow
 from fxpass.record import CompileRecord
 from fxpass.record import scope_record
 from fxpass.rewrite import compile as fxpass_compile
@@ -57,163 +55,10 @@ Candidate = nn.Module | Callable[[nn.Module], nn.Module] | None
 OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 LossFn = Callable[[Any], torch.Tensor]
 
-_MAX_LISTED = 5
 
 
-@dataclasses.dataclass(frozen=True)
-class ParityRow:
-    """One check of a parity run.
-
-    Attributes:
-        name: what was compared, e.g. ``"train/step2/grad"`` or ``"eval/state_dict/order"``.
-        passed: whether the check passed (bitwise, or within the tolerance when one was given).
-        bitwise: whether everything compared was bitwise equal.
-        max_abs_diff: largest absolute difference over the tensors compared; None for checks of
-            names or order.
-        max_rel_diff: largest difference relative to the reference's magnitude (``inf`` where the
-            reference is 0 and the candidate is not); None for checks of names or order.
-        detail: what differed first, or how the check went.
-    """
-
-    name: str
-    passed: bool
-    bitwise: bool
-    max_abs_diff: float | None = None
-    max_rel_diff: float | None = None
-    detail: str = ""
 
 
-@dataclasses.dataclass(frozen=True)
-class ParityReport:
-    """What :func:`check` found.
-
-    Attributes:
-        model: class name of the reference model.
-        candidate: how the candidate was made (``"fxpass.compile"``, a class or factory name).
-        rows: one row per check, in the order run.
-        modes: the modes run.
-        steps: optimizer steps per mode.
-        atol: absolute tolerance (0 with ``rtol`` 0: bitwise).
-        rtol: relative tolerance.
-        seed: the seed of the trajectories.
-        compile_counts: the compile record's counts (``inlined``, ``module``, ``opaque``),
-            summed over the compiled parts (``fxpass.records``), when the candidate holds
-            :func:`fxpass.compile` output; else None.
-        patched_modules: number of patched modules the compile found, or None.
-        kept_calls: number of modules the compile kept as calls, or None.
-        time_ratio: candidate / reference eager forward time, the median over the trajectories'
-            steps (the first step of each left out when there are more). Indicative only: it
-            is not a benchmark.
-        graph_breaks: dynamo graph breaks of the candidate when the ``"dynamo"`` probe ran.
-        scope: ``"model"`` or ``"module"``: how :func:`fxpass.compile` compiled the candidate (with
-            ``scope="auto"``, which it chose), or None for a candidate it did not produce.
-    """
-
-    model: str
-    candidate: str
-    rows: tuple[ParityRow, ...]
-    modes: tuple[str, ...]
-    steps: int
-    atol: float
-    rtol: float
-    seed: int
-    compile_counts: dict[str, int] | None = None
-    patched_modules: int | None = None
-    kept_calls: int | None = None
-    time_ratio: float | None = None
-    graph_breaks: int | None = None
-    scope: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        """Whether every check passed."""
-        return all(row.passed for row in self.rows)
-
-    @property
-    def bitwise(self) -> bool:
-        """Whether every check compared bitwise-equal tensors."""
-        return all(row.bitwise for row in self.rows)
-
-    def failures(self) -> tuple[ParityRow, ...]:
-        """The rows that failed, in order.
-
-        Example:
-            >>> ParityReport("M", "c", (ParityRow("a", True, True), ParityRow("b", False, False)),
-            ...              ("train",), 1, 0.0, 0.0, 0).failures()[0].name
-            'b'
-        """
-        return tuple(row for row in self.rows if not row.passed)
-
-    def summary(self) -> str:
-        """One line: the verdict, the counts and the indicative time ratio.
-
-        Example:
-            >>> ParityReport("M", "fxpass.compile", (ParityRow("a", True, True),), ("train",), 1,
-            ...              0.0, 0.0, 0).summary()
-            'M vs fxpass.compile: parity OK, 1/1 checks passed (bitwise)'
-        """
-        passed = sum(row.passed for row in self.rows)
-        verdict = "parity OK" if self.ok else "parity FAILED"
-        tolerance = f"atol={self.atol:g}, rtol={self.rtol:g}"
-        if self.atol == 0 and self.rtol == 0:
-            tolerance = "bitwise"
-        text = (
-            f"{self.model} vs {self.candidate}: {verdict}, "
-            f"{passed}/{len(self.rows)} checks passed ({tolerance})"
-        )
-        if self.time_ratio is not None:
-            text += f"; eager time ratio {self.time_ratio:.2f}x (indicative)"
-        return text
-
-    def table(self, fmt: str = "simple", *, failures_only: bool = False) -> str:
-        """The rows as a table in any ``tabulate`` format (``"github"`` or ``"pipe"`` for markdown).
-
-        Args:
-            fmt: the ``tabulate`` table format.
-            failures_only: list only the failing rows.
-
-        Returns:
-            The table, one line per row.
-
-        Example:
-            >>> report = ParityReport("M", "c", (ParityRow("train/step1/output", True, True, 0.0, 0.0),),
-            ...                       ("train",), 1, 0.0, 0.0, 0)
-            >>> print(report.table("github"))
-            | check              | passed   | bitwise   |   max abs diff |   max rel diff | detail   |
-            |--------------------|----------|-----------|----------------|----------------|----------|
-            | train/step1/output | ok       | yes       |              0 |              0 |          |
-        """
-        rows = self.failures() if failures_only else self.rows
-        body = [
-            (
-                row.name,
-                "ok" if row.passed else "FAIL",
-                "yes" if row.bitwise else "no",
-                _format_diff(row.max_abs_diff),
-                _format_diff(row.max_rel_diff),
-                row.detail,
-            )
-            for row in rows
-        ]
-        headers = ("check", "passed", "bitwise", "max abs diff", "max rel diff", "detail")
-        return tabulate.tabulate(body, headers=headers, tablefmt=fmt)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Everything in the report as JSON-serializable data (non-finite floats as strings).
-
-        Example:
-            >>> import json
-            >>> report = ParityReport("M", "c", (ParityRow("a", False, False, math.inf, None),),
-            ...                       ("train",), 1, 0.0, 0.0, 0)
-            >>> row = report.to_dict()["rows"][0]
-            >>> json.dumps({k: row[k] for k in ("name", "passed", "max_abs_diff", "max_rel_diff")})
-            '{"name": "a", "passed": false, "max_abs_diff": "inf", "max_rel_diff": null}'
-        """
-        data = {field.name: _jsonable(getattr(self, field.name)) for field in dataclasses.fields(self)}
-        data["ok"] = self.ok
-        data["bitwise"] = self.bitwise
-        data["summary"] = self.summary()
-        return data
 
 
 def default_loss(output: Any) -> torch.Tensor:
@@ -234,7 +79,7 @@ def default_loss(output: Any) -> torch.Tensor:
         tensor(9.)
     """
     total: torch.Tensor | None = None
-    for _, leaf in _flatten(output, ""):
+    for _, leaf in flatten(output, ""):
         if isinstance(leaf, torch.Tensor) and leaf.is_floating_point() and leaf.numel():
             term = leaf.to(torch.promote_types(leaf.dtype, torch.float32)).pow(2).mean()
             total = term if total is None else total + term
@@ -502,7 +347,7 @@ class _Run:
     def add(
         self,
         name: str,
-        result: _Comparison | None = None,
+        result: Comparison | None = None,
         *,
         passed: bool | None = None,
         detail: str = "",
@@ -517,8 +362,8 @@ class _Run:
             row = ParityRow(name, passed, passed, None, None, detail)
         self.rows.append(row)
 
-    def compare(self, reference: Mapping[str, Any], candidate: Mapping[str, Any]) -> _Comparison:
-        return _compare(reference, candidate, self.atol, self.rtol)
+    def compare(self, reference: Mapping[str, Any], candidate: Mapping[str, Any]) -> Comparison:
+        return compare_all(reference, candidate, self.atol, self.rtol)
 
     def trajectory(self, mode: str, steps: int) -> None:
         training = mode == "train"
@@ -548,15 +393,15 @@ class _Run:
             try:
                 out_c = candidate(*inputs_c[0], **inputs_c[1])
             except Exception as e:  # noqa: BLE001 - a failing candidate is a failing row
-                self.add(f"{prefix}/output", passed=False, detail=f"candidate raised {_error_text(e)}")
+                self.add(f"{prefix}/output", passed=False, detail=f"candidate raised {error_text(e)}")
                 break
             seconds.append((middle - start, time.perf_counter() - start_c))
-            self.add(f"{prefix}/output", self.compare(_flat(out_r, "output"), _flat(out_c, "output")))
+            self.add(f"{prefix}/output", self.compare(flat(out_r, "output"), flat(out_c, "output")))
 
             names_r = [n for n, _ in reference.named_parameters()]
             names_c = [n for n, _ in candidate.named_parameters()]
             if not names_failure and names_r != names_c:
-                names_failure = f"at step {step}: " + _sequence_difference(names_r, names_c, "parameters")
+                names_failure = f"at step {step}: " + sequence_difference(names_r, names_c, "parameters")
 
             if optimizers is None:
                 optimizers = (
@@ -578,7 +423,7 @@ class _Run:
                     else:
                         loss_c.backward()
                 except Exception as e:  # noqa: BLE001 - a failing candidate is a failing row
-                    grad_error = f"candidate backward raised {_error_text(e)}"
+                    grad_error = f"candidate backward raised {error_text(e)}"
             if grad_error:
                 self.add(f"{prefix}/grad", passed=False, detail=grad_error)
             else:
@@ -596,7 +441,7 @@ class _Run:
                 except Exception as e:
                     if which == "reference":
                         raise
-                    step_error = f"candidate optimizer step raised {_error_text(e)}"
+                    step_error = f"candidate optimizer step raised {error_text(e)}"
             if step_error:
                 self.add(f"{prefix}/params", passed=False, detail=step_error)
                 break
@@ -616,21 +461,21 @@ class _Run:
         try:
             state_c = candidate.state_dict()
         except Exception as e:  # noqa: BLE001 - a failing candidate is a failing row
-            self.add(f"{prefix}/keys", passed=False, detail=f"candidate state_dict() raised {_error_text(e)}")
+            self.add(f"{prefix}/keys", passed=False, detail=f"candidate state_dict() raised {error_text(e)}")
             return
         state_r = reference.state_dict()
         keys_r, keys_c = list(state_r), list(state_c)
         missing = [k for k in keys_r if k not in state_c]
         extra = [k for k in keys_c if k not in state_r]
         detail = "; ".join(
-            f"{what} in candidate: {_listing(keys)}"
+            f"{what} in candidate: {listing(keys)}"
             for what, keys in (("missing", missing), ("extra", extra))
             if keys
         )
         self.add(f"{prefix}/keys", passed=not detail, detail=detail)
         common_r = [k for k in keys_r if k in state_c]
         common_c = [k for k in keys_c if k in state_r]
-        order = "" if common_r == common_c else _sequence_difference(common_r, common_c, "keys")
+        order = "" if common_r == common_c else sequence_difference(common_r, common_c, "keys")
         self.add(f"{prefix}/order", passed=not order, detail=order)
         self.add(f"{prefix}/values", self.compare(state_r, state_c))
 
@@ -644,7 +489,7 @@ class _Run:
             buffer.seek(0)
             loaded = torch.load(buffer, weights_only=False)
         except Exception as e:  # noqa: BLE001 - a failing candidate is a failing row
-            detail = f"torch.save/torch.load failed: {_error_text(e)}"
+            detail = f"torch.save/torch.load failed: {error_text(e)}"
             self.add("save_load/output", passed=False, detail=detail)
             return
         candidate.eval()
@@ -655,9 +500,9 @@ class _Run:
             self.seed_for(0)
             try:
                 with torch.no_grad():
-                    outputs.append(_flat(self.call(module), "output"))
+                    outputs.append(flat(self.call(module), "output"))
             except Exception as e:  # noqa: BLE001 - a failing candidate is a failing row
-                detail = f"reloaded candidate raised {_error_text(e)}"
+                detail = f"reloaded candidate raised {error_text(e)}"
                 self.add("save_load/output", passed=False, detail=detail)
                 return
         self.add("save_load/output", self.compare(outputs[0], outputs[1]))
@@ -697,9 +542,9 @@ class _Run:
             for module in (candidate, converted):
                 self.seed_for(0)
                 with torch.no_grad():
-                    outputs.append(_flat(self.call(module), "output"))
+                    outputs.append(flat(self.call(module), "output"))
         except Exception as e:  # noqa: BLE001 - a failing candidate is a failing row
-            self.add(name, passed=False, detail=_error_text(e))
+            self.add(name, passed=False, detail=error_text(e))
             return
         self.add(name, self.compare(outputs[0], outputs[1]))
 
@@ -718,108 +563,12 @@ class _Run:
 # -- comparing -------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class _Comparison:
-    passed: bool = True
-    bitwise: bool = True
-    max_abs: float = 0.0
-    max_rel: float = 0.0
-    detail: str = ""
 
 
-def _compare(
-    reference: Mapping[str, Any], candidate: Mapping[str, Any], atol: float, rtol: float
-) -> _Comparison:
-    """Compare two name -> value mappings entry by entry; a name on one side only is a mismatch."""
-    result = _Comparison()
-    failed: list[str] = []
-    worst = ""
-    for label in list(reference) + [k for k in candidate if k not in reference]:
-        if label not in candidate or label not in reference:
-            equal = close = False
-            reason = "missing in candidate" if label not in candidate else "only in candidate"
-            result.max_abs = result.max_rel = math.inf
-        else:
-            equal, close, reason, max_abs, max_rel = _compare_values(
-                reference[label], candidate[label], atol, rtol
-            )
-            if max_abs > result.max_abs:
-                worst = label
-            result.max_abs = max(result.max_abs, max_abs)
-            result.max_rel = max(result.max_rel, max_rel)
-        result.bitwise &= equal
-        if not close:
-            if not failed:
-                result.detail = f"{label}: {reason}"
-            failed.append(label)
-    result.passed = not failed
-    if len(failed) > 1:
-        result.detail += f" (and {len(failed) - 1} more: {_listing(failed[1:])})"
-    if result.passed and not result.bitwise:
-        result.detail = f"within tolerance, not bitwise; largest difference at {worst}"
-    return result
 
 
-def _compare_values(
-    reference: Any, candidate: Any, atol: float, rtol: float
-) -> tuple[bool, bool, str, float, float]:
-    """(bitwise equal, passed, why not, max abs diff, max rel diff) of one pair of leaves."""
-    numbers = [isinstance(v, (int, float)) and not isinstance(v, bool) for v in (reference, candidate)]
-    if all(numbers):  # Python scalars in an output: compare them as float64 tensors
-        reference, candidate = torch.tensor(float(reference)), torch.tensor(float(candidate))
-    if isinstance(reference, torch.Tensor) and isinstance(candidate, torch.Tensor):
-        return _compare_tensors(reference.detach(), candidate.detach(), atol, rtol)
-    if isinstance(reference, torch.Tensor) or isinstance(candidate, torch.Tensor):
-        return False, False, f"{_kind(reference)} vs {_kind(candidate)}", math.inf, math.inf
-    try:
-        equal = type(reference) is type(candidate) and bool(reference == candidate)
-    except Exception:  # noqa: BLE001 - an == that fails means "not equal"
-        equal = False
-    reason = "" if equal else f"{reference!r} vs {candidate!r}"
-    return equal, equal, reason, 0.0, 0.0
 
 
-def _compare_tensors(
-    reference: torch.Tensor, candidate: torch.Tensor, atol: float, rtol: float
-) -> tuple[bool, bool, str, float, float]:
-    if reference.shape != candidate.shape:
-        reason = f"shape {tuple(reference.shape)} vs {tuple(candidate.shape)}"
-        return False, False, reason, math.inf, math.inf
-    if reference.dtype != candidate.dtype:
-        return False, False, f"dtype {reference.dtype} vs {candidate.dtype}", math.inf, math.inf
-    if reference.device != candidate.device:
-        reference = reference.to(candidate.device)
-    try:
-        if reference.layout != torch.strided:
-            reference, candidate = reference.to_dense(), candidate.to_dense()
-        if reference.is_quantized:
-            reference, candidate = reference.dequantize(), candidate.dequantize()
-    except Exception as e:  # noqa: BLE001 - any failure to compare is a mismatch
-        return False, False, f"cannot compare: {_error_text(e)}", math.inf, math.inf
-    if reference.numel() == 0 or torch.equal(reference, candidate):  # (the usual case: no temporaries)
-        return True, True, "", 0.0, 0.0
-    if reference.is_complex():
-        wide_r, wide_c = reference.to(torch.complex128), candidate.to(torch.complex128)
-    else:
-        wide_r, wide_c = reference.to(torch.float64), candidate.to(torch.float64)
-    both_nan = wide_r.isnan() & wide_c.isnan()
-    diff = (wide_r - wide_c).abs()
-    diff = torch.where(both_nan, torch.zeros_like(diff), diff)
-    diff = torch.where(diff.isnan(), torch.full_like(diff, math.inf), diff)
-    scale = wide_r.abs()
-    rel = torch.where(diff == 0, torch.zeros_like(diff), diff / scale)
-    rel = torch.where(rel.isnan(), torch.full_like(rel, math.inf), rel)
-    max_abs, max_rel = float(diff.max()), float(rel.max())
-    equal = bool((diff == 0).all())
-    if atol == 0 and rtol == 0:
-        close = equal
-    else:
-        close = bool(torch.isclose(wide_r, wide_c, rtol=rtol, atol=atol, equal_nan=True).all())
-    reason = ""
-    if not close:
-        count = int((diff != 0).sum())
-        reason = f"{count} of {reference.numel()} elements differ, max abs diff {max_abs:.3g}"
-    return equal, close, reason, max_abs, max_rel
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -855,69 +604,12 @@ def _python_and_numpy_rng_restored() -> Iterator[None]:
             numpy.random.set_state(numpy_state)
 
 
-def _flatten(value: Any, path: str, seen: frozenset[int] = frozenset()) -> Iterator[tuple[str, Any]]:
-    """(path, leaf) pairs of a nested output: tensors and other non-container values are leaves.
-
-    Containers are mappings (``ModelOutput`` included), dataclasses, named tuples, tuples and
-    lists, types registered with torch's pytree, and other plain objects, whose attributes are
-    walked (a transformers ``DynamicCache``: its layers' key and value tensors). Modules, classes
-    and functions are leaves; an object met again inside itself is not walked twice.
-    """
-    if isinstance(value, torch.Tensor):
-        yield path, value
-        return
-    if id(value) in seen:
-        yield path, f"<{type(value).__name__} seen above>"
-        return
-    inner = seen | {id(value)}
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            yield from _flatten(item, f"{path}[{key!r}]", inner)
-    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-        for field in dataclasses.fields(value):
-            yield from _flatten(getattr(value, field.name), f"{path}.{field.name}", inner)
-    elif isinstance(value, tuple) and hasattr(value, "_fields"):
-        for field, item in zip(value._fields, value):
-            yield from _flatten(item, f"{path}.{field}", inner)
-    elif isinstance(value, (tuple, list)):
-        for index, item in enumerate(value):
-            yield from _flatten(item, f"{path}[{index}]", inner)
-    elif (children := _pytree_children(value)) is not None:
-        for key, item in children:
-            yield from _flatten(item, f"{path}{key}", inner)
-    elif _walkable(value):
-        for name, item in vars(value).items():
-            yield from _flatten(item, f"{path}.{name}", inner)
-    else:
-        yield path, value
 
 
-def _pytree_children(value: Any) -> list[tuple[str, Any]] | None:
-    """The children of a value of a type registered with torch's pytree, with their keys."""
-    from torch.utils import _pytree as pytree
-
-    node = pytree.SUPPORTED_NODES.get(type(value))
-    if node is None:
-        return None
-    if node.flatten_with_keys_fn is not None:
-        children, _ = node.flatten_with_keys_fn(value)
-        return [(pytree.keystr((key,)), child) for key, child in children]
-    children, _ = node.flatten_fn(value)
-    return [(f"[{index}]", child) for index, child in enumerate(children)]
 
 
-def _walkable(value: Any) -> bool:
-    """A plain object whose attributes make up its value: it compares by identity (no ``__eq__``
-    of its own) and is not a module, class or function."""
-    return (
-        hasattr(value, "__dict__")
-        and type(value).__eq__ is object.__eq__
-        and not isinstance(value, (nn.Module, type, types.FunctionType, types.MethodType, types.ModuleType))
-    )
 
 
-def _flat(value: Any, root: str) -> dict[str, Any]:
-    return dict(_flatten(value, root))
 
 
 def _fresh(value: Any) -> Any:
@@ -938,7 +630,7 @@ def _fresh(value: Any) -> Any:
 
 def _grads(module: nn.Module, args: Any, kwargs: Any) -> dict[str, Any]:
     grads: dict[str, Any] = {name: p.grad for name, p in module.named_parameters()}
-    for path, leaf in [*_flatten(args, "inputs"), *_flatten(kwargs, "kwargs")]:
+    for path, leaf in [*flatten(args, "inputs"), *flatten(kwargs, "kwargs")]:
         if isinstance(leaf, torch.Tensor) and leaf.requires_grad:
             grads[path] = leaf.grad
     return grads
@@ -967,7 +659,7 @@ def _deepcopy(module: Any, name: str, what: str) -> nn.Module:
         return copy.deepcopy(module)
     except Exception as e:
         raise InvalidModelError(
-            f"check({name}): {what} cannot be deep-copied ({_error_text(e)}); check works on "
+            f"check({name}): {what} cannot be deep-copied ({error_text(e)}); check works on "
             "copies so that the model given is never changed"
         ) from e
 
@@ -1006,28 +698,10 @@ def _check_arguments(
     return modes
 
 
-def _sequence_difference(reference: list[str], candidate: list[str], what: str) -> str:
-    for index, (a, b) in enumerate(zip(reference, candidate)):
-        if a != b:
-            return f"{what} differ at position {index}: {a!r} (reference) vs {b!r} (candidate)"
-    if len(reference) != len(candidate):
-        longer, which = (candidate, "candidate")
-        if len(reference) > len(candidate):
-            longer, which = reference, "reference"
-        shorter = min(len(reference), len(candidate))
-        return f"only the {which} has {what} {_listing(longer[shorter:])}"
-    return ""
 
 
-def _listing(items: Sequence[str]) -> str:
-    shown = ", ".join(items[:_MAX_LISTED])
-    return shown + (f", ... ({len(items)} in all)" if len(items) > _MAX_LISTED else "")
 
 
-def _kind(value: Any) -> str:
-    if isinstance(value, torch.Tensor):
-        return f"Tensor{list(value.shape)}"
-    return "None" if value is None else type(value).__name__
 
 
 def _callable_name(function: Callable[..., Any]) -> str:
@@ -1046,22 +720,7 @@ def _describe_inputs(inputs: tuple[Any, ...]) -> str:
     return ", ".join(one(v) for v in inputs) or "no arguments"
 
 
-def _error_text(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-def _format_diff(value: float | None) -> str:
-    return "" if value is None else f"{value:.3g}"
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (tuple, list)):
-        return [_jsonable(v) for v in value]
-    return value

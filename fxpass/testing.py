@@ -7,7 +7,8 @@ from typing import Any
 
 from torch import nn
 
-from fxpass.parity import _compare, _flat, check
+from fxpass.comparison import compare_all, flat
+from fxpass.parity import check
 
 __all__ = ["assert_outputs_equal", "assert_parity"]
 
@@ -31,7 +32,7 @@ def assert_outputs_equal(reference: Any, candidate: Any, *, atol: float = 0.0, r
         AssertionError: output['a']: 2 of 2 elements differ, max abs diff 1
     """
     __tracebackhide__ = True
-    result = _compare(_flat(reference, "output"), _flat(candidate, "output"), float(atol), float(rtol))
+    result = compare_all(flat(reference, "output"), flat(candidate, "output"), float(atol), float(rtol))
     if not result.passed:
         raise AssertionError(result.detail)
 

@@ -456,8 +456,8 @@ def test_check_raises_invalid_model_error_on_a_non_module() -> None:
     ],
 )
 def test_tensor_comparison_of_special_values(reference: list[float], candidate: list[float], bitwise: bool) -> None:
-    from fxpass.parity import _compare
+    from fxpass.comparison import compare_all
 
-    result = _compare({"t": torch.tensor(reference)}, {"t": torch.tensor(candidate)}, 0.0, 0.0)
+    result = compare_all({"t": torch.tensor(reference)}, {"t": torch.tensor(candidate)}, 0.0, 0.0)
     assert (result.passed, result.bitwise) == (bitwise, bitwise), result.detail
     assert (result.max_abs == 0) == bitwise
