@@ -131,11 +131,11 @@ def _is_dynamic_override(cls: type, module: nn.Module) -> str | None:
     if "_fxpass_plain" in own or "_fxpass_base" in own:  # fxpass's own classes
         return None
     # (most classes define none of the names: look each up before asking what it is)
-    found = [own.get(n) for n in (*module._parameters, *module._buffers, *IMITATED_ATTRIBUTES)]
-    if not any(value is not None for value in found):
-        return None
-    names = [n for n, value in zip((*module._parameters, *module._buffers, *IMITATED_ATTRIBUTES), found)
-             if value is not None and inspect.isdatadescriptor(value)]  # fmt: skip
+    names = [
+        n
+        for n in (*module._parameters, *module._buffers, *IMITATED_ATTRIBUTES)
+        if (value := own.get(n)) is not None and inspect.isdatadescriptor(value)
+    ]
     if not names or _importable(cls):
         return None
     return names[0]
