@@ -282,3 +282,17 @@ def test_the_corpus_table_of_the_guide_is_what_the_compile_does(monkeypatch: pyt
     shown = {row[0]: tuple(cell.strip() for cell in row) for row in rows}
     expected = {entry.name: corpus_row(entry, monkeypatch) for entry in corpus.entries()}
     assert shown == expected
+
+
+@pytest.mark.parametrize("entry", entries(only=("bert", "gpt2", "llama", "mixtral", "mamba", "t5", "vit", "resnet", "whisper")))
+def test_parity_with_torch_fx_code(entry: corpus.CorpusEntry) -> None:
+    """compile(..., code="fx") on real architectures: the compiled parts read tensors with
+    torch.fx's attribute lookups while the eager code around them reads patched tensors as at
+    run time; the trajectories stay bitwise in both modes."""
+    model, _, inputs = pair(entry)
+    options = {"scope": "module", "code": "fx"}
+    compiled = fxpass.compile(copy.deepcopy(model), **options)
+    parts = [m for m in compiled.modules() if isinstance(m, CompiledGraphModule)]
+    assert parts and not any("_parameters[" in p.code for p in parts)
+    report = fxpass.parity.check(model, example_kwargs=inputs, steps=2, compile_options=options)
+    assert report.ok and report.bitwise, report.table(failures_only=True)
