@@ -606,22 +606,24 @@ class _NodeList:
     def of(cls, graph: torch.fx.Graph) -> _NodeList | None:
         if type(graph._codegen) not in (torch.fx.graph.CodeGen, DictWalkCodeGen, FxCodeGen):
             return None
-        position: dict[torch.fx.Node, _Ref] = {}
         checked: dict[int, bool] = {}
+
+        def by_reference(obj: Any) -> bool:  # (each target, type and class asked once)
+            if id(obj) not in checked:
+                checked[id(obj)] = obj is None or isinstance(obj, str) or picklable_by_reference(obj)
+            return checked[id(obj)]
+
+        position: dict[torch.fx.Node, _Ref] = {}
         nodes = []
         for node in graph.nodes:
-            target = node.target
-            if not isinstance(target, str):
-                if id(target) not in checked:
-                    checked[id(target)] = picklable_by_reference(target)
-                if not checked[id(target)]:
-                    return None
+            if not by_reference(node.target):
+                return None
             args = torch.fx.node.map_arg(node.args, position.__getitem__)
             kwargs = torch.fx.node.map_arg(node.kwargs, position.__getitem__)
-            kind = node.type if node.type is None or picklable_by_reference(node.type) else None
-            nodes.append((node.op, node.name, target, args, kwargs, kind))
+            kind = node.type if by_reference(node.type) else None  # (an annotation only)
+            nodes.append((node.op, node.name, node.target, args, kwargs, kind))
             position[node] = _Ref(len(position))
-        tracer_cls = graph._tracer_cls if graph._tracer_cls is None or picklable_by_reference(graph._tracer_cls) else None
+        tracer_cls = graph._tracer_cls if by_reference(graph._tracer_cls) else None
         return cls(nodes, type(graph._codegen), tracer_cls, graph._tracer_extras)
 
     def graph(self) -> torch.fx.Graph:
