@@ -42,7 +42,7 @@ class ParityRow:
 
 @dataclasses.dataclass(frozen=True)
 class ParityReport:
-    """What :func:`check` found.
+    """What :func:`fxpass.parity.check` found.
 
     Attributes:
         model: class name of the reference model.
