@@ -129,6 +129,17 @@ class Measured:
         text = "; ".join(filter(None, [notes, comparison.spread(scale)]))
         return cls(comparison.ratio * scale, text, detail)
 
+    @classmethod
+    def failed(cls, error: BaseException) -> Measured:
+        """No value: the figure's measurement raised ``error`` (its last line in the notes).
+
+        Example:
+            >>> Measured.failed(RuntimeError("tracing failed\\nboom")).notes
+            'failed: RuntimeError: boom'
+        """
+        lines = str(error).strip().splitlines()
+        return cls(None, f"failed: {type(error).__name__}: {lines[-1] if lines else ''}")
+
 
 @dataclasses.dataclass(frozen=True)
 class Benchmark:

@@ -327,8 +327,7 @@ def measure_model(spec: RealModel, s: RealSettings) -> dict[str, Any]:
         try:
             found[key] = job()
         except Exception as error:  # noqa: BLE001 - one failing figure must not hide the rest
-            lines = str(error).strip().splitlines()
-            found[key] = Measured(None, f"failed: {type(error).__name__}: {lines[-1] if lines else ''}")
+            found[key] = Measured.failed(error)
     return found
 
 
@@ -407,8 +406,7 @@ def run(s: RealSettings) -> dict[str, Any]:
             try:
                 single.update(job(s))
             except Exception as error:  # noqa: BLE001
-                lines = str(error).strip().splitlines()
-                single.update(dict.fromkeys(keys, Measured(None, f"failed: {type(error).__name__}: {lines[-1] if lines else ''}")))
+                single.update(dict.fromkeys(keys, Measured.failed(error)))
         return {"models": models, "single": single}
     finally:
         torch.set_num_threads(threads)

@@ -87,9 +87,7 @@ def _run(settings: Settings, only: Sequence[str]) -> dict[str, dict[str, Any]]:
             measured = bench.run(settings)
         except Exception as error:  # noqa: BLE001 - one failing benchmark must not hide the rest
             traceback.print_exc(file=sys.stderr)
-            lines = str(error).strip().splitlines()
-            reason = f"failed: {type(error).__name__}: {lines[-1] if lines else ''}"
-            measured = dict.fromkeys(bench.keys, Measured(None, reason))
+            measured = dict.fromkeys(bench.keys, Measured.failed(error))
         missing = set(bench.keys) - set(measured)
         if missing:
             raise AssertionError(f"benchmark {bench.name} did not measure {sorted(missing)}")

@@ -118,7 +118,7 @@ def test_failing_benchmark_still_yields_its_rows(monkeypatch: pytest.MonkeyPatch
     assert results["compute_forward_vs_seed"]["met"] == "n/a"
 
 
-@pytest.mark.parametrize("module", [timing, models, run], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [timing, models, run, figures, real_models], ids=lambda m: m.__name__)
 def test_doctests(module: object) -> None:
     # benchmarks/ is outside the doctest paths of pyproject.toml; run its examples here.
     failures, _ = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
