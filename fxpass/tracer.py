@@ -26,12 +26,12 @@ from torch.nn.utils import parametrize as _parametrize
 
 from fxpass.errors import CachedInsideTrace as _CachedInsideTrace
 from fxpass.errors import FxpassError, ReadsModeError, UnsupportedPatchError, UntraceableModelError
+from fxpass._common import join_path, tensor_names, where
 from fxpass.ops import Opaque, parametrized
-from fxpass.patches import join_path
 from fxpass.reading import install_eager_forward
 from fxpass.record import KeptCall, Rewrite
 from fxpass.shells import Patched, ShellTree, keep_reads
-from fxpass.transforms import TransformTrace, describe, emit_transform, refuse_autograd_functions
+from fxpass.transforms import TransformEmitter, describe, refuse_autograd_functions
 
 __all__ = ["ACTIVATIONS", "PatchTracer"]
 
@@ -213,8 +213,7 @@ class PatchTracer(torch.fx.Tracer):
         self._provenance = _Provenance([])
         #: paths of the modules (not the root) whose mode the root's forward read (trace_tree)
         self.mode_reads: tuple[str, ...] = ()
-        #: transform function id -> its recorded trace (see fxpass.transforms.TransformTrace)
-        self.transform_traces: dict[int, TransformTrace] = {}
+        self._emitter = TransformEmitter(self)
 
     # -- entry point -------------------------------------------------------------------------
 
@@ -229,9 +228,7 @@ class PatchTracer(torch.fx.Tracer):
                 mode the root's forward read.
         """
         root = self.tree.root
-        self._tensor_names = {}
-        for name, tensor in [*root.named_parameters(), *root.named_buffers()]:
-            self._tensor_names.setdefault(id(tensor), name)
+        self._tensor_names = tensor_names(root)
         scope = _Scope(root, "")
         self._provenance = _Provenance([*root.parameters(), *root.buffers()])
         with self._dressed(mode), refuse_autograd_functions(), self._provenance:
@@ -311,6 +308,11 @@ class PatchTracer(torch.fx.Tracer):
             added.append(node)
         return added[::-1]
 
+    def recorded_since(self, mark: _Mark) -> bool:
+        """Whether the record gained an entry since ``mark``."""
+        now = (len(self.rewrites), len(self.kept), len(self.inlined), len(self.eager_calls))
+        return now != (mark.rewrites, mark.kept, mark.inlined, mark.eager_calls)
+
     def rollback(self, mark: _Mark) -> None:
         """Erase every node and record entry added since ``mark``."""
         for node in reversed(self.nodes_since(mark)):
@@ -341,10 +343,10 @@ class PatchTracer(torch.fx.Tracer):
                 # through module._parameters): as a constant it would freeze the value and cut
                 # the gradient, the very bug of plain symbolic_trace on patched modules.
                 scope = self._scopes[-1] if self._scopes else None
-                where = f"{scope.path} ({type(scope.module).__name__})" if scope and scope.path else "the model"
+                place = where(scope.path, scope.module) if scope else "the model"
                 how = f"a {a.grad_fn.name()} result" if a.grad_fn is not None else "computed while tracing"
                 raise UnsupportedPatchError(
-                    f"{where}: a tensor computed from parameters or buffers outside torch.fx's "
+                    f"{place}: a tensor computed from parameters or buffers outside torch.fx's "
                     f"view ({how}; does a property or forward read module._parameters directly?) "
                     "would be frozen into the graph as a constant; read tensors as attributes, or "
                     "apply the transform with imitation_runtime.imitate"
@@ -439,7 +441,7 @@ class PatchTracer(torch.fx.Tracer):
         if previous is None and layer.kind == "imitate":
             return None  # imitation_runtime never calls a transform on a missing bias
         mark = self.mark()
-        out, how = emit_transform(self, patched, transform, previous)
+        out, how = self._emitter.emit(patched.path, transform, patched.transforms[transform], previous)
         self._record(patched, attribute, transform, how, mark)
         return out
 
@@ -450,10 +452,9 @@ class PatchTracer(torch.fx.Tracer):
         entered = next((scope for scope in reversed(self._scopes) if scope.cache_level < level), None)
         if entered is None:
             return
-        where = f"{entered.path} ({type(entered.module).__name__})" if entered.path else f"the model ({type(entered.module).__name__})"
         reason = "its forward enters parametrize.cached()"
         raise _CachedInsideTrace(
-            f"{where}: {reason} and reads the parametrized {patched.path or 'model'} inside it; a "
+            f"{where(entered.path, entered.module)}: {reason} and reads the parametrized {patched.path or 'model'} inside it; a "
             "graph would evaluate the parametrization at every read; compile with scope='module', "
             "or enter parametrize.cached() around the call of the model instead",
             entered.module,
@@ -510,16 +511,20 @@ class PatchTracer(torch.fx.Tracer):
         return self.create_proxy("call_module", path, args, kwargs)
 
     def finish(self) -> None:
-        """After tracing: give each module kept as a call, with patched modules inside, an
-        :class:`~fxpass.reading.EagerForward`, and those modules their read plans. A transform
-        function made opaque is the ``Opaque`` module of the tree now: it leaves the shell's
-        attributes (where module scope keeps the functions for eager reads), which would shadow
-        the module."""
-        for patched in self.tree.patched.values():
-            namespace = patched.shell.__dict__
-            for name, child in namespace["_modules"].items():
-                if isinstance(child, Opaque):
-                    namespace.pop(name, None)
+        """After tracing, finish the tree from the record: each transform function emitted as
+        opaque becomes an :class:`~fxpass.ops.Opaque` module at its path (and leaves the shell's
+        attributes, where module scope keeps the functions for eager reads and where it would
+        shadow the module); each module kept as a call, with patched modules inside, gets an
+        :class:`~fxpass.reading.EagerForward`, and those modules their read plans. Nothing of this
+        happens while tracing, so what a rollback erased leaves no trace in the tree."""
+        by_path = {patched.path: patched for patched in self.tree.patched.values()}
+        for rewrite in self.rewrites:
+            if rewrite.how == "opaque":
+                patched = by_path[rewrite.module]
+                namespace = patched.shell.__dict__
+                if not isinstance(namespace["_modules"].get(rewrite.transform), Opaque):  # (read twice)
+                    namespace["_modules"][rewrite.transform] = Opaque(patched.transforms[rewrite.transform])
+                namespace.pop(rewrite.transform, None)
         done: set[int] = set()
         for module, inside in self.eager_calls:
             for patched in inside:

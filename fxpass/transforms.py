@@ -14,25 +14,18 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol
 
 import torch
 import torch.fx
 import torch.nn as nn
 
+from fxpass._common import first_proxy, join_path
 from fxpass.errors import FxpassError, Untraceable
-from fxpass.ops import Opaque
-from fxpass.patches import join_path
 from fxpass.record import How
 from imitation_runtime.patch import identity
 
-if TYPE_CHECKING:
-    from fxpass.shells import Patched
-    from fxpass.tracer import PatchTracer
-
-__all__ = ["TransformTrace", "Untraceable", "emit_transform", "refuse_autograd_functions"]
-
-
+__all__ = ["Emitting", "TransformEmitter", "TransformTrace", "Untraceable", "describe", "refuse_autograd_functions"]
 
 
 @contextlib.contextmanager
@@ -43,11 +36,7 @@ def refuse_autograd_functions() -> Iterator[None]:
     original = function_cls.__dict__["apply"]
 
     def apply(cls: type, *args: Any, **kwargs: Any) -> Any:
-        found: list[bool] = []
-        torch.fx.node.map_aggregate(
-            (args, kwargs), lambda a: found.append(True) if isinstance(a, torch.fx.Proxy) else None
-        )
-        if found:
+        if first_proxy((args, kwargs)) is not None:
             raise Untraceable(f"{cls.__qualname__}.apply is an autograd.Function")
         return original.__func__(cls, *args, **kwargs)
 
@@ -67,53 +56,81 @@ def describe(thing: Callable[..., Any]) -> str:
     return f"{module}.{name}" if module else name
 
 
-def emit_transform(
-    tracer: PatchTracer, patched: Patched, transform: str, value: Any
-) -> tuple[Any, How]:
-    """Emit ``patched.transforms[transform](value)`` into ``tracer``'s graph.
+class Emitting(Protocol):
+    """What a :class:`TransformEmitter` asks of the tracer it emits into.
 
-    Args:
-        tracer: the active tracer.
-        patched: the patched module the transform belongs to.
-        transform: the attribute holding the transform (``"quantize"``, ``"quantize_bias"``).
-        value: the proxy (or constant) of the tensor being transformed.
-
-    Returns:
-        The transformed value and how it was emitted.
+    ``graph``, ``create_proxy`` and ``proxy`` are torch.fx's own; a mark is an opaque point of the
+    graph and of the tracer's record, to erase what came after it or list the nodes it added.
     """
-    thing = patched.transforms[transform]
-    target = join_path(patched.path, transform)
-    if isinstance(thing, nn.Module):
-        return tracer.create_proxy("call_module", target, (value,), {}), "module"
-    if thing is identity:
-        return value, "inlined"
-    known = tracer.transform_traces.get(id(thing))
-    if known is not None and known.fn is thing and isinstance(value, torch.fx.Proxy):
-        if known.template is None:
-            return _opaque(tracer, patched, transform, thing, value)
-        return known.replay(tracer, value), "inlined"
-    mark = tracer.mark()
-    try:
-        out = thing(value)
-    except FxpassError:
-        raise
-    except Exception:  # noqa: BLE001 - any failure to trace makes the transform opaque
-        tracer.rollback(mark)
-        if isinstance(value, torch.fx.Proxy):
-            tracer.transform_traces[id(thing)] = TransformTrace(thing, None)
-        return _opaque(tracer, patched, transform, thing, value)
-    template = TransformTrace.record(tracer, mark, value, out)
-    if template is not None:
-        tracer.transform_traces[id(thing)] = TransformTrace(thing, template)
-    return out, "inlined"
+
+    graph: torch.fx.Graph
+
+    def create_proxy(self, kind: str, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any: ...
+
+    def proxy(self, node: torch.fx.Node) -> torch.fx.Proxy: ...
+
+    def mark(self) -> Any: ...
+
+    def rollback(self, mark: Any) -> None: ...
+
+    def nodes_since(self, mark: Any) -> list[torch.fx.Node]: ...
+
+    def recorded_since(self, mark: Any) -> bool: ...
 
 
-def _opaque(
-    tracer: PatchTracer, patched: Patched, transform: str, thing: Callable[..., Any], value: Any
-) -> tuple[Any, How]:
-    patched.shell._modules[transform] = Opaque(thing)
-    target = join_path(patched.path, transform)
-    return tracer.create_proxy("call_module", target, (value,), {}), "opaque"
+class TransformEmitter:
+    """Emits transforms into one tracer's graph, and keeps what tracing each function produced.
+
+    A function whose trace failed once is opaque at its other reads; one whose trace depends on
+    nothing but its input is replayed (:class:`TransformTrace`). An opaque transform is only a
+    ``call_module`` node here: the tracer installs the :class:`~fxpass.ops.Opaque` modules after
+    tracing, from its record, so a rolled-back read leaves nothing behind.
+    """
+
+    def __init__(self, tracer: Emitting) -> None:
+        self._tracer = tracer
+        #: transform function id -> its recorded trace
+        self._traces: dict[int, TransformTrace] = {}
+
+    def emit(self, path: str, transform: str, thing: Callable[..., Any], value: Any) -> tuple[Any, How]:
+        """Emit ``thing(value)``, the transform held at ``<path>.<transform>``.
+
+        Args:
+            path: the patched module's path.
+            transform: the attribute holding the transform (``"quantize"``, ``"quantize_bias"``).
+            thing: the transform (a module or a function).
+            value: the proxy (or constant) of the tensor being transformed.
+
+        Returns:
+            The transformed value and how it was emitted.
+        """
+        tracer = self._tracer
+        if isinstance(thing, nn.Module):
+            return tracer.create_proxy("call_module", join_path(path, transform), (value,), {}), "module"
+        if thing is identity:
+            return value, "inlined"
+        known = self._traces.get(id(thing))
+        if known is not None and known.fn is thing and isinstance(value, torch.fx.Proxy):
+            if known.template is None:
+                return self._opaque(path, transform, value)
+            return known.replay(tracer, value), "inlined"
+        mark = tracer.mark()
+        try:
+            out = thing(value)
+        except FxpassError:
+            raise
+        except Exception:  # noqa: BLE001 - any failure to trace makes the transform opaque
+            tracer.rollback(mark)
+            if isinstance(value, torch.fx.Proxy):
+                self._traces[id(thing)] = TransformTrace(thing, None)
+            return self._opaque(path, transform, value)
+        template = TransformTrace.record(tracer, mark, value, out)
+        if template is not None:
+            self._traces[id(thing)] = TransformTrace(thing, template)
+        return out, "inlined"
+
+    def _opaque(self, path: str, transform: str, value: Any) -> tuple[Any, How]:
+        return self._tracer.create_proxy("call_module", join_path(path, transform), (value,), {}), "opaque"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,12 +148,12 @@ class TransformTrace:
     template: torch.fx.Graph | None
 
     @staticmethod
-    def record(tracer: PatchTracer, mark: Any, value: Any, out: Any) -> torch.fx.Graph | None:
+    def record(tracer: Emitting, mark: Any, value: Any, out: Any) -> torch.fx.Graph | None:
         """A graph of the nodes added since ``mark``: one placeholder (``value``), one output."""
         if not (isinstance(value, torch.fx.Proxy) and isinstance(out, torch.fx.Proxy)):
             return None
-        if len(tracer.rewrites) != mark.rewrites or len(tracer.kept) != mark.kept:
-            return None
+        if tracer.recorded_since(mark):
+            return None  # it read patched tensors, or kept a call
         added = tracer.nodes_since(mark)
         if not added:
             return None  # nothing to save by replaying
@@ -151,7 +168,7 @@ class TransformTrace:
         template.output(copies[out.node])
         return template
 
-    def replay(self, tracer: PatchTracer, value: torch.fx.Proxy) -> torch.fx.Proxy:
+    def replay(self, tracer: Emitting, value: torch.fx.Proxy) -> torch.fx.Proxy:
         """Copy the recorded nodes after the graph's end, reading ``value``; the output's proxy."""
         assert self.template is not None
         copies: dict[torch.fx.Node, torch.fx.Node] = {}

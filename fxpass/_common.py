@@ -1,0 +1,70 @@
+"""Small facts every stage of fxpass shares, each kept in one place.
+
+How a module is named in a message, how dotted paths join and split, which tensors of a tree have
+which names, and where the first proxy of a nested value is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.fx
+import torch.nn as nn
+
+__all__ = ["first_proxy", "join_path", "owner_of", "tensor_names", "where"]
+
+
+def where(path: str, module: object) -> str:
+    """How an error message names a module: its path and class, or the model's class.
+
+    Example:
+        >>> where("blocks.0", nn.Linear(2, 2)), where("", nn.Linear(2, 2))
+        ('blocks.0 (Linear)', 'the model (Linear)')
+    """
+    return f"{path or 'the model'} ({type(module).__name__})"
+
+
+def join_path(prefix: str, name: str) -> str:
+    """Join two dotted module paths, either of which may be empty.
+
+    Example:
+        >>> join_path("blocks.0", "weight"), join_path("", "weight"), join_path("fc", "")
+        ('blocks.0.weight', 'weight', 'fc')
+    """
+    return f"{prefix}.{name}" if prefix and name else prefix or name
+
+
+def owner_of(root: nn.Module, target: str) -> tuple[nn.Module, str]:
+    """The module holding the attribute a dotted ``target`` names, and the attribute's name.
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(2, 2))
+        >>> owner, name = owner_of(model, "0.weight")
+        >>> type(owner).__name__, name
+        ('Linear', 'weight')
+    """
+    owner_path, _, name = target.rpartition(".")
+    return (root.get_submodule(owner_path) if owner_path else root), name
+
+
+def tensor_names(root: nn.Module) -> dict[int, str]:
+    """Each parameter and buffer of ``root``, by id, to its first name (``named_parameters()``
+    order, then buffers): the name a ``get_attr`` of that tensor reads."""
+    names: dict[int, str] = {}
+    for name, tensor in [*root.named_parameters(), *root.named_buffers()]:
+        names.setdefault(id(tensor), name)
+    return names
+
+
+def first_proxy(values: Any) -> torch.fx.Proxy | None:
+    """The first ``torch.fx.Proxy`` in a nested value (tuples, lists, dicts, slices), or None."""
+    found: list[torch.fx.Proxy] = []
+
+    def visit(value: Any) -> Any:
+        if not found and isinstance(value, torch.fx.Proxy):
+            found.append(value)
+        return value
+
+    torch.fx.node.map_aggregate(values, visit)
+    return found[0] if found else None
