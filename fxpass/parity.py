@@ -14,24 +14,21 @@ and relative differences seen.
 
 from __future__ import annotations
 
-import contextlib
 import copy
+import dataclasses
 import io
-import random
 import statistics
-import sys
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from fxpass.comparison import Comparison, compare_all, error_text, flat, flatten, listing, sequence_difference
+from fxpass._trajectory import LossFn, OptimizerFactory, Settings, Trajectory, rng_restored, row, train
+from fxpass.comparison import error_text, flat, flatten, listing
 from fxpass.errors import ExampleInputsError, InvalidModelError, ParityArgumentError
 from fxpass.parity_report import ParityReport, ParityRow
-from fxpass.record import CompileRecord
-from fxpass.record import scope_record
+from fxpass.record import record_totals, scope_record
 from fxpass.rewrite import compile as fxpass_compile
 from fxpass.rewrite import records
 
@@ -44,6 +41,7 @@ __all__ = [
     "ParityRow",
     "check",
     "default_loss",
+    "side_by_side",
 ]
 
 #: The modes :func:`check` can run a trajectory in.
@@ -52,13 +50,6 @@ MODES: tuple[str, ...] = ("train", "eval")
 PROBES: tuple[str, ...] = ("export", "dynamo", "script")
 
 Candidate = nn.Module | Callable[[nn.Module], nn.Module] | None
-OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
-LossFn = Callable[[Any], torch.Tensor]
-
-
-
-
-
 
 
 def default_loss(output: Any) -> torch.Tensor:
@@ -173,485 +164,354 @@ def check(
     name = _model_name(model)
     modes = _check_arguments(steps, modes, atol, rtol, probes)
     probes = tuple(probes)
-    inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-    run = _Run(
-        model=model,
-        name=name,
-        inputs=inputs,
-        kwargs=dict(example_kwargs or {}),
-        candidate=candidate,
-        compile_options=dict(compile_options or {}),
-        loss_fn=default_loss if loss_fn is None else loss_fn,
-        optimizer=_default_optimizer if optimizer is None else optimizer,
-        atol=float(atol),
-        rtol=float(rtol),
-        seed=seed,
-        progress=progress,
-    )
-    with torch.random.fork_rng(), _python_and_numpy_rng_restored():
-        run.preflight()
-        for mode in modes:
-            run.trajectory(mode, steps)
-        _tell(progress, "save/load")
-        run.save_load()
+    setup = _Setup.of(
+        model, name, candidate, compile_options,
+        _settings(name, example_inputs, example_kwargs, loss_fn, optimizer, atol, rtol, seed, progress),
+    )  # fmt: skip
+    with rng_restored():
+        _preflight(setup)
+        runs = [_mode_trajectory(setup, mode, steps) for mode in modes]
+        rows = [r for trajectory, _ in runs for r in trajectory.rows]
+        setup.settings.tell("save/load")
+        rows += _save_load(setup.settings, runs[-1][1])
+        graph_breaks = None
         for probe in probes:
-            _tell(progress, f"probe {probe}")
-            run.probe(probe)
-        time_ratio = run.time_ratio()
-    counts, patched, kept = run.record_summary()
-    return ParityReport(
-        model=name,
-        candidate=run.candidate_label,
-        rows=tuple(run.rows),
-        modes=modes,
-        steps=steps,
-        atol=float(atol),
-        rtol=float(rtol),
-        seed=seed,
-        compile_counts=counts,
-        patched_modules=patched,
-        kept_calls=kept,
-        time_ratio=time_ratio,
-        graph_breaks=run.graph_breaks,
-        scope=run.scope,
+            setup.settings.tell(f"probe {probe}")
+            probed, breaks = _PROBES[probe](setup)
+            rows.append(probed)
+            graph_breaks = breaks if breaks is not None else graph_breaks
+    return _report(
+        setup.settings, name, setup.candidate_label, rows, modes, steps, runs[0][1], [t for t, _ in runs],
+        graph_breaks=graph_breaks,
+    )  # fmt: skip
+
+
+def side_by_side(
+    reference: nn.Module,
+    candidate: nn.Module,
+    example_inputs: Any = (),
+    *,
+    example_kwargs: Mapping[str, Any] | None = None,
+    modes: Sequence[str] = ("train", "eval", "train"),
+    loss_fn: LossFn | None = None,
+    optimizer: OptimizerFactory | None = None,
+    atol: float = 0.0,
+    rtol: float = 0.0,
+    seed: int = 0,
+) -> ParityReport:
+    """Train two given models in place, one optimizer step per entry of ``modes``, and compare
+    them after every step: :func:`check`'s trajectory on the models themselves.
+
+    Where :func:`check` works on fresh copies, one trajectory per mode, this steps the models it
+    is given along any sequence of modes (``("train", "eval", "train")`` switches mode between
+    steps, as a training loop with evaluation does), so tests can go on with the trained pair.
+    Each step compares the outputs, the gradients, the parameters and the buffers as in
+    :func:`check` (rows ``<mode>/step<i>/...``, ``i`` counting along ``modes``); after the last
+    step the parameter names (``end/param_names``) and ``state_dict()`` (``end/state_dict/...``).
+    No save/load round trip and no probes. The optimizers are built after the first forward; the
+    RNGs are seeded as in :func:`check` and restored afterwards.
+
+    Args:
+        reference: the reference model (trained in place).
+        candidate: the model claimed equivalent (trained in place).
+        example_inputs: as for :func:`check`.
+        example_kwargs: as for :func:`check`.
+        modes: one step per entry, each ``"train"`` or ``"eval"``.
+        loss_fn: as for :func:`check`.
+        optimizer: as for :func:`check`.
+        atol: as for :func:`check`.
+        rtol: as for :func:`check`.
+        seed: as for :func:`check`.
+
+    Returns:
+        The report (``steps`` is the number of entries of ``modes``).
+
+    Raises:
+        InvalidModelError: the candidate is not an ``nn.Module``, or the two share parameters
+            or buffers (both optimizers would step them: ``fxpass.compile`` shares the model's
+            tensors, so compile a deep copy).
+        ExampleInputsError: the reference's forward raises on the example inputs.
+        ParityArgumentError: ``modes`` or a tolerance cannot be used.
+
+    Example:
+        >>> import copy, torch, torch.nn as nn
+        >>> from imitation_runtime import imitate
+        >>> import fxpass
+        >>> model = nn.Sequential(imitate(nn.Linear(3, 2), "round", torch.round), nn.Dropout(0.5))
+        >>> compiled = fxpass.compile(copy.deepcopy(model))  # (compile shares the model's tensors)
+        >>> report = side_by_side(model, compiled, (torch.randn(4, 3),), modes=("train", "eval"))
+        >>> report.ok, [r.name for r in report.rows][:2], report.steps
+        (True, ['train/step1/output', 'train/step1/grad'], 2)
+    """
+    name = _model_name(reference)
+    if not isinstance(candidate, nn.Module):
+        raise InvalidModelError(f"side_by_side({name}): the candidate must be an nn.Module, got {type(candidate).__name__}")
+    sequence = _check_modes(modes)
+    _check_tolerances(atol, rtol)
+    shared = _shared_tensors(reference, candidate)
+    if shared:
+        raise InvalidModelError(
+            f"side_by_side({name}): the reference and the candidate share {len(shared)} tensors "
+            f"({listing(shared)}), which both optimizers would step; fxpass.compile shares the "
+            "model's tensors: compile a deep copy of the model (fxpass.compile(copy.deepcopy(model)))"
+        )
+    settings = _settings(name, example_inputs, example_kwargs, loss_fn, optimizer, atol, rtol, seed, None)
+    with rng_restored():
+        trajectory = train(settings, reference, candidate, sequence, "end")
+    label = f"{type(candidate).__name__} (given)"
+    return _report(
+        settings, name, label, trajectory.rows, tuple(dict.fromkeys(sequence)), len(sequence), candidate, [trajectory]
     )
 
 
-# -- the run ---------------------------------------------------------------------------------------
+# -- the phases of a check -------------------------------------------------------------------------
 
 
-class _Run:
-    """State of one :func:`check` call: the configuration, the rows so far, the last models."""
+@dataclasses.dataclass(frozen=True)
+class _Setup:
+    """What one :func:`check` call works with: the model, how to build the candidate, the settings."""
 
-    def __init__(
-        self,
-        *,
-        model: nn.Module,
-        name: str,
-        inputs: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        candidate: Candidate,
-        compile_options: dict[str, Any],
-        loss_fn: LossFn,
-        optimizer: OptimizerFactory,
-        atol: float,
-        rtol: float,
-        seed: int,
-        progress: Callable[[str], None] | None = None,
-    ) -> None:
-        self.model = model
-        self.progress = progress
-        #: how fxpass.compile compiled the candidate ("model", "module"), or None
-        self.scope: str | None = None
-        self.name = name
-        self.inputs = inputs
-        self.kwargs = kwargs
-        self.candidate = candidate
-        self.compile_options = compile_options
-        self.loss_fn = loss_fn
-        self.optimizer = optimizer
-        self.atol = atol
-        self.rtol = rtol
-        self.seed = seed
-        self.rows: list[ParityRow] = []
-        self.records: dict[str, CompileRecord] | None = None
-        self.graph_breaks: int | None = None
-        self.last_reference: nn.Module | None = None
-        self.last_candidate: nn.Module | None = None
-        #: per trajectory, (reference, candidate) seconds of each step's forward
-        self.forward_seconds: list[list[tuple[float, float]]] = []
-        if compile_options and candidate is not None:
+    model: nn.Module
+    name: str
+    candidate: Candidate
+    compile_options: dict[str, Any]
+    settings: Settings
+    candidate_label: str
+
+    @staticmethod
+    def of(
+        model: nn.Module, name: str, candidate: Candidate, compile_options: Mapping[str, Any] | None, settings: Settings
+    ) -> _Setup:
+        options = dict(compile_options or {})
+        if options and candidate is not None:
             raise ParityArgumentError(
                 f"check({name}): compile_options apply to fxpass.compile only; build the candidate "
                 "with them yourself, or pass candidate=None"
             )
         if candidate is None:
-            options = ", ".join(f"{k}={v!r}" for k, v in compile_options.items())
-            self.candidate_label = f"fxpass.compile({options})" if options else "fxpass.compile"
+            listed = ", ".join(f"{k}={v!r}" for k, v in options.items())
+            label = f"fxpass.compile({listed})" if listed else "fxpass.compile"
         elif isinstance(candidate, nn.Module):
-            self.candidate_label = f"{type(candidate).__name__} (given)"
+            label = f"{type(candidate).__name__} (given)"
         elif callable(candidate):
-            self.candidate_label = f"{_callable_name(candidate)}(model)"
+            label = f"{_callable_name(candidate)}(model)"
         else:
             raise InvalidModelError(
                 f"check({name}): candidate must be None (fxpass.compile), an nn.Module or a "
                 f"factory model -> nn.Module, got {type(candidate).__name__}"
             )
-
-    # building ------------------------------------------------------------------------------------
+        return _Setup(model, name, candidate, options, settings, label)
 
     def reference(self) -> nn.Module:
         return _deepcopy(self.model, self.name, "the model")
 
     def build_candidate(self) -> nn.Module:
         if self.candidate is None:
-            built = fxpass_compile(self.reference(), **self.compile_options)
-        elif isinstance(self.candidate, nn.Module):
-            built = _deepcopy(self.candidate, self.name, "the candidate")
-        else:
-            built = self.candidate(self.reference())
-            if not isinstance(built, nn.Module):
-                raise InvalidModelError(
-                    f"check({self.name}): the candidate factory {self.candidate_label} returned "
-                    f"{type(built).__name__}; it must return an nn.Module"
-                )
-        if self.records is None:
-            self.records = records(built)
-            self.scope = "module" if scope_record(built) is not None else "model" if self.records else None
+            return fxpass_compile(self.reference(), **self.compile_options)
+        if isinstance(self.candidate, nn.Module):
+            return _deepcopy(self.candidate, self.name, "the candidate")
+        built = self.candidate(self.reference())
+        if not isinstance(built, nn.Module):
+            raise InvalidModelError(
+                f"check({self.name}): the candidate factory {self.candidate_label} returned "
+                f"{type(built).__name__}; it must return an nn.Module"
+            )
         return built
 
-    def record_summary(self) -> tuple[dict[str, int] | None, int | None, int | None]:
-        """Counts of the compile records of the candidate, summed over its compiled parts."""
-        if not self.records:
-            return None, None, None
-        counts: dict[str, int] = {}
-        for record in self.records.values():
-            for how, count in record.counts().items():
-                counts[how] = counts.get(how, 0) + count
-        patched = sum(len(r.patched_modules) for r in self.records.values())
-        kept = sum(len(r.kept_calls) for r in self.records.values())
-        return counts, patched, kept
 
-    def seed_for(self, step: int) -> None:
-        _seed_everything(self.seed + step)
+def _settings(
+    name: str,
+    example_inputs: Any,
+    example_kwargs: Mapping[str, Any] | None,
+    loss_fn: LossFn | None,
+    optimizer: OptimizerFactory | None,
+    atol: float,
+    rtol: float,
+    seed: int,
+    progress: Callable[[str], None] | None,
+) -> Settings:
+    inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
 
-    def fresh_inputs(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        """New copies of the example inputs, so one model's in-place edits cannot reach another."""
-        return _fresh(self.inputs), _fresh(self.kwargs)
-
-    def call(self, module: nn.Module) -> Any:
-        """``module`` on fresh copies of the example inputs."""
-        args, kwargs = self.fresh_inputs()
-        return module(*args, **kwargs)
-
-    # the checks ----------------------------------------------------------------------------------
-
-    def preflight(self) -> None:
-        """Run the reference once, on a copy, to tell bad inputs apart from a bad candidate."""
-        reference = self.reference()
-        self.seed_for(0)
-        try:
-            with torch.no_grad():
-                self.call(reference)
-        except Exception as e:
-            raise self.inputs_error(e, "") from e
-
-    def inputs_error(self, error: Exception, where: str) -> ExampleInputsError:
+    def inputs_error(error: Exception, where: str) -> ExampleInputsError:
         return ExampleInputsError(
-            f"check({self.name}): the example inputs do not fit the model{where}: "
-            f"{self.name}(*example_inputs) raised {type(error).__name__}: {error}. "
-            f"example_inputs were ({_describe_inputs(self.inputs)}); pass a tuple of the "
-            f"positional arguments that {self.name}.forward accepts"
+            f"check({name}): the example inputs do not fit the model{where}: "
+            f"{name}(*example_inputs) raised {type(error).__name__}: {error}. "
+            f"example_inputs were ({_describe_inputs(inputs)}); pass a tuple of the "
+            f"positional arguments that {name}.forward accepts"
         )
 
-    def add(
-        self,
-        name: str,
-        result: Comparison | None = None,
-        *,
-        passed: bool | None = None,
-        detail: str = "",
-    ) -> None:
-        """Append a row: a tensor comparison, or a verdict with its detail."""
-        if result is not None:
-            row = ParityRow(
-                name, result.passed, result.bitwise, result.max_abs, result.max_rel, result.detail
-            )
-        else:
-            assert passed is not None
-            row = ParityRow(name, passed, passed, None, None, detail)
-        self.rows.append(row)
+    return Settings(
+        inputs=inputs,
+        kwargs=dict(example_kwargs or {}),
+        loss_fn=default_loss if loss_fn is None else loss_fn,
+        optimizer=_default_optimizer if optimizer is None else optimizer,
+        atol=float(atol),
+        rtol=float(rtol),
+        seed=seed,
+        inputs_error=inputs_error,
+        progress=progress,
+    )
 
-    def compare(self, reference: Mapping[str, Any], candidate: Mapping[str, Any]) -> Comparison:
-        return compare_all(reference, candidate, self.atol, self.rtol)
 
-    def trajectory(self, mode: str, steps: int) -> None:
-        training = mode == "train"
-        reference = self.reference().train(training)
-        candidate = self.build_candidate().train(training)
-        self.last_reference, self.last_candidate = reference, candidate
-        optimizers: tuple[torch.optim.Optimizer | None, torch.optim.Optimizer | None] | None = None
-        names_failure = ""
-        seconds: list[tuple[float, float]] = []
-        self.forward_seconds.append(seconds)
-        for step in range(1, steps + 1):
-            prefix = f"{mode}/step{step}"
-            _tell(self.progress, f"{mode} step {step}/{steps}")
-            for module in (reference, candidate):
-                for parameter in module.parameters():
-                    parameter.grad = None
-            inputs_r, inputs_c = self.fresh_inputs(), self.fresh_inputs()
-            self.seed_for(step)
-            start = time.perf_counter()
-            try:
-                out_r = reference(*inputs_r[0], **inputs_r[1])
-            except Exception as e:
-                raise self.inputs_error(e, f" (at {prefix})") from e
-            middle = time.perf_counter()
-            self.seed_for(step)
-            start_c = time.perf_counter()
-            try:
-                out_c = candidate(*inputs_c[0], **inputs_c[1])
-            except Exception as e:  # noqa: BLE001 - a failing candidate is a failing row
-                self.add(f"{prefix}/output", passed=False, detail=f"candidate raised {error_text(e)}")
-                break
-            seconds.append((middle - start, time.perf_counter() - start_c))
-            self.add(f"{prefix}/output", self.compare(flat(out_r, "output"), flat(out_c, "output")))
+def _preflight(setup: _Setup) -> None:
+    """Run the reference once, on a copy, to tell bad inputs apart from a bad candidate."""
+    reference = setup.reference()
+    setup.settings.seed_for(0)
+    try:
+        with torch.no_grad():
+            setup.settings.call(reference)
+    except Exception as e:
+        raise setup.settings.inputs_error(e, "") from e
 
-            names_r = [n for n, _ in reference.named_parameters()]
-            names_c = [n for n, _ in candidate.named_parameters()]
-            if not names_failure and names_r != names_c:
-                names_failure = f"at step {step}: " + sequence_difference(names_r, names_c, "parameters")
 
-            if optimizers is None:
-                optimizers = (
-                    _make_optimizer(self.optimizer, reference),
-                    _make_optimizer(self.optimizer, candidate),
-                )
-            else:
-                for optimizer, module in zip(optimizers, (reference, candidate)):
-                    _add_new_parameters(optimizer, module)
+def _mode_trajectory(setup: _Setup, mode: str, steps: int) -> tuple[Trajectory, nn.Module]:
+    """``steps`` steps in ``mode`` on a fresh reference and candidate; the rows, and the candidate."""
+    reference = setup.reference()
+    candidate = setup.build_candidate()
+    return train(setup.settings, reference, candidate, (mode,) * steps, mode), candidate
 
-            loss_r = self.loss_fn(out_r)
-            grad_error = ""
-            if isinstance(loss_r, torch.Tensor) and loss_r.requires_grad:
-                loss_r.backward()
-                try:
-                    loss_c = self.loss_fn(out_c)
-                    if not (isinstance(loss_c, torch.Tensor) and loss_c.requires_grad):
-                        grad_error = "the candidate's loss does not require grad; nothing to backpropagate"
-                    else:
-                        loss_c.backward()
-                except Exception as e:  # noqa: BLE001 - a failing candidate is a failing row
-                    grad_error = f"candidate backward raised {error_text(e)}"
-            if grad_error:
-                self.add(f"{prefix}/grad", passed=False, detail=grad_error)
-            else:
-                self.add(
-                    f"{prefix}/grad",
-                    self.compare(_grads(reference, *inputs_r), _grads(candidate, *inputs_c)),
-                )
 
-            step_error = ""
-            for which, optimizer in zip(("reference", "candidate"), optimizers):
-                if optimizer is None:
-                    continue
-                try:
-                    optimizer.step()
-                except Exception as e:
-                    if which == "reference":
-                        raise
-                    step_error = f"candidate optimizer step raised {error_text(e)}"
-            if step_error:
-                self.add(f"{prefix}/params", passed=False, detail=step_error)
-                break
-            self.add(
-                f"{prefix}/params",
-                self.compare(dict(reference.named_parameters()), dict(candidate.named_parameters())),
-            )
-            self.add(
-                f"{prefix}/buffers",
-                self.compare(dict(reference.named_buffers()), dict(candidate.named_buffers())),
-            )
+def _save_load(settings: Settings, candidate: nn.Module) -> list[ParityRow]:
+    """``torch.save`` / ``torch.load`` of the candidate: the reloaded copy's state and output."""
+    buffer = io.BytesIO()
+    try:
+        torch.save(candidate, buffer)
+        buffer.seek(0)
+        loaded = torch.load(buffer, weights_only=False)
+    except Exception as e:  # noqa: BLE001 - a failing candidate is a failing row
+        return [row("save_load/output", passed=False, detail=f"torch.save/torch.load failed: {error_text(e)}")]
+    candidate.eval()
+    loaded.eval()
+    rows = [row("save_load/state_dict", settings.compare(candidate.state_dict(), loaded.state_dict()))]
+    try:
+        outputs = _eval_outputs(settings, candidate, loaded)
+    except Exception as e:  # noqa: BLE001 - a failing candidate is a failing row
+        return [*rows, row("save_load/output", passed=False, detail=f"reloaded candidate raised {error_text(e)}")]
+    return [*rows, row("save_load/output", settings.compare(*outputs))]
 
-        self.add(f"{mode}/param_names", passed=not names_failure, detail=names_failure)
-        self.state_dict_rows(f"{mode}/state_dict", reference, candidate)
 
-    def state_dict_rows(self, prefix: str, reference: nn.Module, candidate: nn.Module) -> None:
+def _eval_outputs(settings: Settings, *modules: nn.Module) -> list[dict[str, Any]]:
+    """Each module's output, without gradients, after the same seed."""
+    outputs = []
+    for module in modules:
+        settings.seed_for(0)
+        with torch.no_grad():
+            outputs.append(flat(settings.call(module), "output"))
+    return outputs
+
+
+# -- probes: name -> (setup) -> (row, graph breaks or None) ----------------------------------------
+
+
+def _converted(convert: Callable[[nn.Module, Settings], nn.Module], name: str) -> Callable[[_Setup], tuple[ParityRow, None]]:
+    """A probe that converts the candidate and compares the result's outputs with the candidate's."""
+
+    def probe(setup: _Setup) -> tuple[ParityRow, None]:
         try:
-            state_c = candidate.state_dict()
+            candidate = setup.build_candidate().eval()
+            outputs = _eval_outputs(setup.settings, candidate, convert(candidate, setup.settings))
         except Exception as e:  # noqa: BLE001 - a failing candidate is a failing row
-            self.add(f"{prefix}/keys", passed=False, detail=f"candidate state_dict() raised {error_text(e)}")
-            return
-        state_r = reference.state_dict()
-        keys_r, keys_c = list(state_r), list(state_c)
-        missing = [k for k in keys_r if k not in state_c]
-        extra = [k for k in keys_c if k not in state_r]
-        detail = "; ".join(
-            f"{what} in candidate: {listing(keys)}"
-            for what, keys in (("missing", missing), ("extra", extra))
-            if keys
-        )
-        self.add(f"{prefix}/keys", passed=not detail, detail=detail)
-        common_r = [k for k in keys_r if k in state_c]
-        common_c = [k for k in keys_c if k in state_r]
-        order = "" if common_r == common_c else sequence_difference(common_r, common_c, "keys")
-        self.add(f"{prefix}/order", passed=not order, detail=order)
-        self.add(f"{prefix}/values", self.compare(state_r, state_c))
+            return row(name, passed=False, detail=error_text(e)), None
+        return row(name, setup.settings.compare(*outputs)), None
 
-    def save_load(self) -> None:
-        candidate = self.last_candidate
-        if candidate is None:
-            return
-        buffer = io.BytesIO()
+    return probe
+
+
+def _exported(candidate: nn.Module, settings: Settings) -> nn.Module:
+    args, kwargs = settings.fresh_inputs()
+    return torch.export.export(candidate, tuple(args), kwargs).module()
+
+
+def _scripted(candidate: nn.Module, settings: Settings) -> nn.Module:
+    return torch.jit.script(candidate)
+
+
+def _dynamo(setup: _Setup) -> tuple[ParityRow, int | None]:
+    """``torch._dynamo.explain`` runs on the candidate; its graph breaks are reported, not failed."""
+    from torch import _dynamo
+
+    try:
+        candidate = setup.build_candidate().eval()
+        _dynamo.reset()
         try:
-            torch.save(candidate, buffer)
-            buffer.seek(0)
-            loaded = torch.load(buffer, weights_only=False)
-        except Exception as e:  # noqa: BLE001 - a failing candidate is a failing row
-            detail = f"torch.save/torch.load failed: {error_text(e)}"
-            self.add("save_load/output", passed=False, detail=detail)
-            return
-        candidate.eval()
-        loaded.eval()
-        self.add("save_load/state_dict", self.compare(candidate.state_dict(), loaded.state_dict()))
-        outputs = []
-        for module in (candidate, loaded):
-            self.seed_for(0)
-            try:
-                with torch.no_grad():
-                    outputs.append(flat(self.call(module), "output"))
-            except Exception as e:  # noqa: BLE001 - a failing candidate is a failing row
-                detail = f"reloaded candidate raised {error_text(e)}"
-                self.add("save_load/output", passed=False, detail=detail)
-                return
-        self.add("save_load/output", self.compare(outputs[0], outputs[1]))
-
-    def probe(self, probe: str) -> None:
-        name = f"probe/{probe}"
-        try:
-            candidate = self.build_candidate().eval()
-            if probe == "dynamo":
-                from torch import _dynamo
-
-                _dynamo.reset()
-                try:
-                    self.seed_for(0)
-                    args, kwargs = self.fresh_inputs()
-                    explained = _dynamo.explain(candidate)(*args, **kwargs)
-                finally:
-                    _dynamo.reset()
-                self.graph_breaks = explained.graph_break_count
-                reasons = "".join(
-                    f"; first break: {b.reason}" for b in explained.break_reasons[:1]
-                )
-                self.add(
-                    name,
-                    passed=True,
-                    detail=f"{explained.graph_count} graph(s), {explained.graph_break_count} graph "
-                    f"break(s){reasons}",
-                )
-                return
-            converted: nn.Module
-            if probe == "export":
-                args, kwargs = self.fresh_inputs()
-                converted = torch.export.export(candidate, tuple(args), kwargs).module()
-            else:
-                converted = torch.jit.script(candidate)
-            outputs = []
-            for module in (candidate, converted):
-                self.seed_for(0)
-                with torch.no_grad():
-                    outputs.append(flat(self.call(module), "output"))
-        except Exception as e:  # noqa: BLE001 - a failing candidate is a failing row
-            self.add(name, passed=False, detail=error_text(e))
-            return
-        self.add(name, self.compare(outputs[0], outputs[1]))
-
-    def time_ratio(self) -> float | None:
-        """Median of candidate / reference forward time over the trajectories' steps, the first
-        step of a trajectory left out when it has more (first calls pay for warm-up)."""
-        ratios = [
-            candidate / reference
-            for seconds in self.forward_seconds
-            for reference, candidate in (seconds[1:] if len(seconds) > 1 else seconds)
-            if reference > 0
-        ]
-        return statistics.median(ratios) if ratios else None
+            setup.settings.seed_for(0)
+            args, kwargs = setup.settings.fresh_inputs()
+            explained = _dynamo.explain(candidate)(*args, **kwargs)
+        finally:
+            _dynamo.reset()
+    except Exception as e:  # noqa: BLE001 - a failing candidate is a failing row
+        return row("probe/dynamo", passed=False, detail=error_text(e)), None
+    reasons = "".join(f"; first break: {b.reason}" for b in explained.break_reasons[:1])
+    detail = f"{explained.graph_count} graph(s), {explained.graph_break_count} graph break(s){reasons}"
+    return row("probe/dynamo", passed=True, detail=detail), explained.graph_break_count
 
 
-# -- comparing -------------------------------------------------------------------------------------
+_PROBES: dict[str, Callable[[_Setup], tuple[ParityRow, int | None]]] = {
+    "export": _converted(_exported, "probe/export"),
+    "dynamo": _dynamo,
+    "script": _converted(_scripted, "probe/script"),
+}
+assert tuple(_PROBES) == PROBES
 
 
+# -- the report ------------------------------------------------------------------------------------
 
 
+def _report(
+    settings: Settings,
+    name: str,
+    label: str,
+    rows: list[ParityRow],
+    modes: tuple[str, ...],
+    steps: int,
+    candidate: nn.Module,
+    trajectories: list[Trajectory],
+    *,
+    graph_breaks: int | None = None,
+) -> ParityReport:
+    found = records(candidate)
+    scope = "module" if scope_record(candidate) is not None else "model" if found else None
+    return ParityReport(
+        model=name,
+        candidate=label,
+        rows=tuple(rows),
+        modes=modes,
+        steps=steps,
+        atol=settings.atol,
+        rtol=settings.rtol,
+        seed=settings.seed,
+        compile_counts=record_totals(found.values()) if found else None,
+        patched_modules=sum(len(r.patched_modules) for r in found.values()) if found else None,
+        kept_calls=sum(len(r.kept_calls) for r in found.values()) if found else None,
+        time_ratio=_time_ratio(trajectories),
+        graph_breaks=graph_breaks,
+        scope=scope,
+    )
 
 
-
-
+def _time_ratio(trajectories: list[Trajectory]) -> float | None:
+    """Median of candidate / reference forward time over the trajectories' steps, the first
+    step of a trajectory left out when it has more (first calls pay for warm-up)."""
+    ratios = [
+        candidate / reference
+        for trajectory in trajectories
+        for reference, candidate in (trajectory.seconds[1:] if len(trajectory.seconds) > 1 else trajectory.seconds)
+        if reference > 0
+    ]
+    return statistics.median(ratios) if ratios else None
 
 
 # -- helpers ---------------------------------------------------------------------------------------
 
 
-def _tell(progress: Callable[[str], None] | None, message: str) -> None:
-    if progress is not None:
-        progress(message)
-
-
-def _seed_everything(seed: int) -> None:
-    """Seed torch, Python's ``random`` and numpy (when installed): models draw from all three
-    (dropout; wav2vec2-style masks are drawn with numpy)."""
-    torch.manual_seed(seed)
-    random.seed(seed)
-    numpy = sys.modules.get("numpy")
-    if numpy is not None:
-        numpy.random.seed(seed % 2**32)
-
-
-@contextlib.contextmanager
-def _python_and_numpy_rng_restored() -> Iterator[None]:
-    """Within the block, Python's and numpy's global RNG may be reseeded; after it they are as
-    they were (torch's is restored by ``torch.random.fork_rng``)."""
-    state = random.getstate()
-    numpy = sys.modules.get("numpy")
-    numpy_state = numpy.random.get_state() if numpy is not None else None
-    try:
-        yield
-    finally:
-        random.setstate(state)
-        if numpy is not None and numpy_state is not None:
-            numpy.random.set_state(numpy_state)
-
-
-
-
-
-
-
-
-
-
-def _fresh(value: Any) -> Any:
-    """A copy of nested inputs with new tensors, so one model's in-place edits cannot reach another."""
-    if isinstance(value, torch.Tensor):
-        copied = value.detach().clone()
-        if copied.is_floating_point() or copied.is_complex():
-            copied.requires_grad_(value.requires_grad)
-        return copied
-    if isinstance(value, tuple) and hasattr(value, "_fields"):
-        return type(value)(*(_fresh(v) for v in value))
-    if isinstance(value, (tuple, list)):
-        return type(value)(_fresh(v) for v in value)
-    if isinstance(value, dict):
-        return type(value)((k, _fresh(v)) for k, v in value.items())
-    return copy.deepcopy(value)
-
-
-def _grads(module: nn.Module, args: Any, kwargs: Any) -> dict[str, Any]:
-    grads: dict[str, Any] = {name: p.grad for name, p in module.named_parameters()}
-    for path, leaf in [*flatten(args, "inputs"), *flatten(kwargs, "kwargs")]:
-        if isinstance(leaf, torch.Tensor) and leaf.requires_grad:
-            grads[path] = leaf.grad
-    return grads
+def _shared_tensors(reference: nn.Module, candidate: nn.Module) -> list[str]:
+    """The names (in the reference) of the parameters and buffers the two models share."""
+    theirs = {id(t) for t in (*candidate.parameters(), *candidate.buffers())}
+    return [n for n, t in (*reference.named_parameters(), *reference.named_buffers()) if id(t) in theirs]
 
 
 def _default_optimizer(params: list[nn.Parameter]) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=0.1)
-
-
-def _make_optimizer(factory: OptimizerFactory, module: nn.Module) -> torch.optim.Optimizer | None:
-    params = list(module.parameters())
-    return factory(params) if params else None
-
-
-def _add_new_parameters(optimizer: torch.optim.Optimizer | None, module: nn.Module) -> None:
-    if optimizer is None:
-        return
-    known = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    new = [p for p in module.parameters() if id(p) not in known]
-    if new:
-        optimizer.add_param_group({"params": new})
 
 
 def _deepcopy(module: Any, name: str, what: str) -> nn.Module:
@@ -672,11 +532,7 @@ def _model_name(model: Any) -> str:
     return type(model).__name__
 
 
-def _check_arguments(
-    steps: int, modes: Sequence[str], atol: float, rtol: float, probes: Iterable[str]
-) -> tuple[str, ...]:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ParityArgumentError(f"check: steps must be a positive int, got {steps!r}")
+def _check_modes(modes: Sequence[str]) -> tuple[str, ...]:
     if isinstance(modes, str):
         modes = (modes,)
     modes = tuple(modes)
@@ -685,9 +541,22 @@ def _check_arguments(
         raise ParityArgumentError(
             f"check: modes must be a non-empty sequence of {', '.join(MODES)}; got {modes!r}"
         )
+    return modes
+
+
+def _check_tolerances(atol: float, rtol: float) -> None:
     for label, value in (("atol", atol), ("rtol", rtol)):
         if not isinstance(value, (int, float)) or not value >= 0:
             raise ParityArgumentError(f"check: {label} must be a number >= 0, got {value!r}")
+
+
+def _check_arguments(
+    steps: int, modes: Sequence[str], atol: float, rtol: float, probes: Iterable[str]
+) -> tuple[str, ...]:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ParityArgumentError(f"check: steps must be a positive int, got {steps!r}")
+    modes = _check_modes(modes)
+    _check_tolerances(atol, rtol)
     if isinstance(probes, str):
         raise ParityArgumentError(f"check: probes must be a sequence of names, e.g. ({probes!r},)")
     unknown = [p for p in probes if p not in PROBES]
@@ -696,12 +565,6 @@ def _check_arguments(
             f"check: unknown probe(s) {', '.join(map(repr, unknown))}; choose among {', '.join(PROBES)}"
         )
     return modes
-
-
-
-
-
-
 
 
 def _callable_name(function: Callable[..., Any]) -> str:
@@ -718,9 +581,3 @@ def _describe_inputs(inputs: tuple[Any, ...]) -> str:
         return type(value).__name__
 
     return ", ".join(one(v) for v in inputs) or "no arguments"
-
-
-
-
-
-

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
+from collections.abc import Iterable
 from typing import Literal
 
 import tabulate
@@ -19,6 +21,7 @@ __all__ = [
     "ScopeRecord",
     "find_record",
     "record_of",
+    "record_totals",
     "scope_record",
 ]
 
@@ -110,10 +113,7 @@ class CompileRecord:
 
     def counts(self) -> dict[str, int]:
         """Number of rewrites by how they were emitted."""
-        counts = dict.fromkeys(("inlined", "module", "opaque"), 0)
-        for rewrite in self.rewrites:
-            counts[rewrite.how] += 1
-        return counts
+        return record_totals((self,))
 
     def table(self, fmt: str = "simple") -> str:
         """The rewrites as a table (any ``tabulate`` format), then the kept calls."""
@@ -136,6 +136,16 @@ class CompileRecord:
         if self.modes:
             text += "\n\ntraced once per mode: " + ", ".join(self.modes) + " (this is the record of the model's current mode)"
         return text
+
+
+def record_totals(records: Iterable[CompileRecord]) -> dict[str, int]:
+    """Number of rewrites by how they were emitted, summed over ``records`` (the parts of a
+    module-scope compile); every kind of :data:`How` is a key, in its order."""
+    counts = dict.fromkeys(typing.get_args(How), 0)
+    for record in records:
+        for rewrite in record.rewrites:
+            counts[rewrite.how] += 1
+    return counts
 
 
 def record_of(gm: torch.fx.GraphModule) -> CompileRecord:

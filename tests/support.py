@@ -71,15 +71,6 @@ def forward(model: nn.Module, inputs: tuple[Any, ...], seed: int = 0) -> Any:
     return model(*inputs)
 
 
-def sgd_step(model: nn.Module, lr: float = 0.05) -> None:
-    """One plain SGD step on the parameters that have a gradient, then clear the gradients."""
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.grad is not None:
-                p -= lr * p.grad
-                p.grad = None
-
-
 def assert_grads_equal(runtime: nn.Module, compiled: nn.Module) -> None:
     """Same parameter names in the same order, and bitwise-equal gradients (or both None)."""
     grads = [(n, p.grad) for n, p in runtime.named_parameters()]
@@ -120,17 +111,7 @@ class Counting(nn.Module):
 def steps_side_by_side(
     runtime: nn.Module, compiled: nn.Module, inputs: tuple[Any, ...], modes: tuple[str, ...] = ("train", "eval", "train")
 ) -> None:
-    """One SGD step of each model per mode: outputs, gradients and state bitwise equal."""
-    for step, mode in enumerate(modes):
-        runtime.train(mode == "train")
-        compiled.train(mode == "train")
-        out, out2 = forward(runtime, inputs, step), forward(compiled, inputs, step)
-        assert torch.equal(out, out2), (step, mode)
-        assert out.requires_grad == out2.requires_grad
-        if out.requires_grad:  # (a forward that reads no weight has nothing to train)
-            out.square().mean().backward()
-            out2.square().mean().backward()
-        assert_grads_equal(runtime, compiled)
-        sgd_step(runtime)
-        sgd_step(compiled)
-        assert_state_equal(runtime, compiled)
+    """One optimizer step of each model per mode (fxpass.parity.side_by_side, which trains them
+    in place): outputs, gradients, parameters, buffers and state_dict bitwise equal."""
+    report = fxpass.parity.side_by_side(runtime, compiled, inputs, modes=modes)
+    assert report.ok, report.table(failures_only=True)

@@ -30,8 +30,8 @@ from tests.support import (
     compile_entry,
     forward,
     graph_modules,
-    sgd_step,
     snapshot,
+    steps_side_by_side,
     zoo_params,
 )
 
@@ -106,22 +106,8 @@ def test_optimizer_steps_side_by_side(entry: zoo.ZooEntry, warm_up: bool) -> Non
     if warm_up:  # compile after the model ran: lazy transform state already exists
         forward(runtime, inputs)
     gm = compile_entry(entry, copy.deepcopy(runtime))
-    _steps_side_by_side(runtime, gm, inputs, ("train", "train", "eval", "train", "train"))
+    steps_side_by_side(runtime, gm, inputs, ("train", "train", "eval", "train", "train"))
 
-
-def _steps_side_by_side(runtime: nn.Module, gm: nn.Module, inputs: tuple, modes: tuple[str, ...]) -> None:
-    """One SGD step of each model per mode: outputs, gradients and state bitwise equal."""
-    for step, mode in enumerate(modes):
-        runtime.train(mode == "train")
-        gm.train(mode == "train")
-        out, out2 = forward(runtime, inputs, step), forward(gm, inputs, step)
-        assert torch.equal(out, out2), (step, mode)
-        out.float().square().mean().backward()
-        out2.float().square().mean().backward()
-        assert_grads_equal(runtime, gm)
-        sgd_step(runtime)
-        sgd_step(gm)
-        assert_state_equal(runtime, gm)
 
 
 @pytest.mark.parametrize("entry", zoo_params())
@@ -397,7 +383,7 @@ def test_inlined_activations_keep_every_guarantee(entry: zoo.ZooEntry) -> None:
     ]
     if entry.scope == "model":  # every activation the forward calls is inlined
         assert sorted(name for _, name in inlined) == sorted(expected), expected
-    _steps_side_by_side(runtime, gm, inputs, ("train", "eval", "train"))
+    steps_side_by_side(runtime, gm, inputs, ("train", "eval", "train"))
     loaded = pickle.loads(pickle.dumps(gm))
     assert fxpass.records(loaded) == fxpass.records(gm)
     assert torch.equal(forward(loaded, inputs), forward(gm, inputs))

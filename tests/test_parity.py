@@ -6,6 +6,7 @@ Harness checks are bitwise (atol = rtol = 0) unless a test's name says otherwise
 
 from __future__ import annotations
 
+import copy
 import json
 from collections import OrderedDict
 from typing import Any
@@ -17,7 +18,7 @@ from torch import nn
 
 import fxpass
 from fxpass import zoo
-from fxpass.errors import FxpassError
+from fxpass.errors import FxpassError, InvalidModelError
 from fxpass.parity import (
     ExampleInputsError,
     ParityArgumentError,
@@ -25,6 +26,7 @@ from fxpass.parity import (
     ParityRow,
     check,
     default_loss,
+    side_by_side,
 )
 from fxpass.testing import assert_parity
 from imitation_runtime import imitate
@@ -280,6 +282,63 @@ def test_check_fails_on_parameters_that_differ_only_after_the_optimizer_step() -
     assert "train/step1/grad" not in failing_names(report)
     row = next(r for r in report.rows if r.name == "train/step1/params")
     assert row.detail.startswith("out.bias:")
+
+
+def _frozen_net() -> Net:
+    net = Net()
+    net.requires_grad_(False)
+    return net
+
+
+def test_check_fails_on_an_output_that_requires_grad_where_the_reference_does_not() -> None:
+    # A frozen reference has no gradient to compare, so only requires_grad tells the two apart.
+    report = check(_frozen_net(), inputs(), candidate=HandWritten.of, steps=1, modes=("train",))
+    assert failing_names(report) == ["train/step1/output"]
+    assert report.failures()[0].detail == "requires grad in the candidate only: output"
+    assert report.failures()[0].bitwise  # the values themselves agree
+    frozen_candidate = lambda model: HandWritten.of(model).requires_grad_(False)  # noqa: E731
+    assert check(_frozen_net(), inputs(), candidate=frozen_candidate, steps=1).ok
+
+
+def test_side_by_side_trains_the_given_pair_in_place_across_modes() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(imitate(nn.Linear(4, 5), "halving", halve), nn.BatchNorm1d(5), nn.Dropout(0.5))
+    compiled = fxpass.compile(copy.deepcopy(model))  # (compile shares the model's tensors)
+    weight = dict(model.named_parameters())["0.weight"]
+    before = weight.detach().clone()
+    report = side_by_side(model, compiled, inputs(), modes=("train", "eval", "train"))
+    assert report.ok and report.bitwise, report.table(failures_only=True)
+    assert (report.steps, report.modes) == (3, ("train", "eval"))
+    names = [r.name for r in report.rows]
+    assert names[:5] == [f"train/step1/{what}" for what in ("output", "grad", "params", "buffers")] + ["eval/step2/output"]
+    assert names[-4:] == ["end/param_names", "end/state_dict/keys", "end/state_dict/order", "end/state_dict/values"]
+    assert not torch.equal(weight, before)  # trained in place
+    assert torch.equal(weight, compiled.get_parameter("0.weight"))
+    assert model.training and compiled.training  # the last step's mode
+
+
+def test_side_by_side_finds_a_difference_that_shows_only_in_eval_after_training() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(imitate(nn.Linear(4, 5), "halving", halve), nn.BatchNorm1d(5))
+    report = side_by_side(model, with_bn_momentum(0.2)(copy.deepcopy(model)), inputs(), modes=("eval", "train"))
+    assert failing_names(report)[0] == "train/step2/buffers"
+
+
+def test_side_by_side_refuses_models_that_share_tensors() -> None:
+    # Both optimizers would step the same tensors: every later comparison would pass, testing nothing.
+    model = Net()
+    shared = r"share 4 tensors \(fc.weight, fc.bias, out.weight, out.bias\), .*compile a deep copy"
+    with pytest.raises(InvalidModelError, match=shared):
+        side_by_side(model, fxpass.compile(model), inputs())
+
+
+def test_side_by_side_refuses_bad_arguments() -> None:
+    with pytest.raises(InvalidModelError, match="side_by_side\\(Net\\): the candidate must be an nn.Module"):
+        side_by_side(Net(), lambda m: m, inputs())  # type: ignore[arg-type]
+    with pytest.raises(ParityArgumentError, match="modes"):
+        side_by_side(Net(), Net(), inputs(), modes=("train", "test"))
+    with pytest.raises(ExampleInputsError):
+        side_by_side(Net(), Net(), (torch.randn(2, 7),))
 
 
 def with_bn_momentum(momentum: float):

@@ -34,12 +34,10 @@ import fxpass
 from fxpass import zoo
 from imitation_runtime import imitate
 from tests.support import (
-    assert_grads_equal,
     assert_same_snapshot,
     assert_state_equal,
     forward,
     same,
-    sgd_step,
     snapshot,
 )
 
@@ -556,19 +554,10 @@ def check_parity(
     # (module scope returns a model without any patch as it is)
     assert isinstance(compiled, torch.fx.GraphModule) or fxpass.scope_record(compiled) is not None or compiled is model
     assert_state_equal(runtime, compiled)
-    for step, mode in enumerate(modes):
-        runtime.train(mode == "train")
-        compiled.train(mode == "train")
-        out, out2 = forward(runtime, inputs, step), forward(compiled, inputs, step)
-        assert same(out, out2), (step, mode)
-        assert out.requires_grad == out2.requires_grad
-        if out.requires_grad:  # a model of activations only has no parameters
-            loss_of(out).backward()
-            loss_of(out2).backward()
-        assert_grads_equal(runtime, compiled)
-        sgd_step(runtime, SGD_LR)
-        sgd_step(compiled, SGD_LR)
-        assert_state_equal(runtime, compiled)
+    report = fxpass.parity.side_by_side(
+        runtime, compiled, inputs, modes=modes, loss_fn=loss_of, optimizer=lambda p: torch.optim.SGD(p, lr=SGD_LR)
+    )
+    assert report.ok, report.table(failures_only=True)
     loaded = pickle.loads(pickle.dumps(compiled))
     assert_state_equal(compiled, loaded)
     for model in (runtime, compiled, loaded):
