@@ -16,13 +16,15 @@ __all__ = ["first_proxy", "join_path", "owner_of", "tensor_names", "where"]
 
 
 def where(path: str, module: object) -> str:
-    """How an error message names a module: its path and class, or the model's class.
+    """How an error message names a module: its path (or "the model") and its class; pass the
+    class itself where the module's own would name a patch class.
 
     Example:
-        >>> where("blocks.0", nn.Linear(2, 2)), where("", nn.Linear(2, 2))
-        ('blocks.0 (Linear)', 'the model (Linear)')
+        >>> where("blocks.0", nn.Linear(2, 2)), where("", nn.Linear(2, 2)), where("fc", nn.Linear)
+        ('blocks.0 (Linear)', 'the model (Linear)', 'fc (Linear)')
     """
-    return f"{path or 'the model'} ({type(module).__name__})"
+    cls = module if isinstance(module, type) else type(module)
+    return f"{path or 'the model'} ({cls.__name__})"
 
 
 def join_path(prefix: str, name: str) -> str:

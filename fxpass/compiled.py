@@ -28,6 +28,7 @@ import torch.fx
 import torch.nn as nn
 
 from fxpass import reading
+from fxpass._common import tensor_names, where
 from fxpass.codegen import ENTRY_ATTRIBUTE, FX_FORWARD, GRAPH_MODE_ATTRIBUTE, MODES_ATTRIBUTE, fx_forward, walk_code
 from fxpass.errors import NotScriptableError, UntraceableModelError
 from fxpass.ops import picklable_by_reference
@@ -108,10 +109,7 @@ class LoadTracer(torch.fx.Tracer):
         if isinstance(attr_val, torch.Tensor):
             names = self.__dict__.get("_fxpass_names")
             if names is None or names[0] is not self.root:
-                table: dict[int, str] = {}
-                for name, tensor in [*self.root.named_parameters(), *self.root.named_buffers()]:
-                    table.setdefault(id(tensor), name)
-                names = self.__dict__["_fxpass_names"] = (self.root, table)
+                names = self.__dict__["_fxpass_names"] = (self.root, tensor_names(self.root))
             name = names[1].get(id(attr_val))
             if name is not None:
                 if name not in parameter_proxy_cache:
@@ -357,7 +355,7 @@ class CompiledGraphModule(torch.fx.GraphModule):
         for name, module in self.named_modules():
             if reading.has_eager_forward(module):
                 raise NotScriptableError(
-                    f"{name} ({type(module).__name__}) is kept as a call and its patched modules read "
+                    f"{where(name, module)} is kept as a call and its patched modules read "
                     "their tensors as at run time, in Python, which TorchScript cannot compile; "
                     "script fxpass.freeze(model) instead"
                 )
@@ -400,7 +398,7 @@ def _check_transform_modules_pickle(gm: torch.fx.GraphModule) -> None:
             continue  # (not a module of the tree any more)
         except Exception as error:  # noqa: BLE001 - any failure: say which module
             raise pickle.PicklingError(
-                f"{target} ({type(module).__name__}): this transform module cannot be pickled "
+                f"{where(target, module)}: this transform module cannot be pickled "
                 f"({type(error).__name__}: {error}); keep its state in tensors and importable "
                 "objects (fxpass pickles local functions by value already)"
             ) from error

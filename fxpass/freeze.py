@@ -12,7 +12,7 @@ import torch.nn as nn
 from fxpass.errors import FreezeError, InvalidModelError, UntraceableModelError
 from fxpass.compiled import INSTANCE_ATTRIBUTES, PRESERVED, CompiledGraphModule
 from fxpass.ops import call_with_overrides
-from fxpass.patches import join_path
+from fxpass._common import join_path, owner_of, where
 from fxpass.reading import PLAN, read_value, remove_eager_forward, undress
 from fxpass.record import RECORD_ATTRIBUTE, Rewrite, find_record, record_of, scope_record
 from fxpass.rewrite import compile
@@ -177,8 +177,7 @@ def _unkeep_calls(gm: torch.fx.GraphModule) -> None:
         module_node, overrides, args, kwargs = node.args
         module = gm.get_submodule(module_node.target)
         for path, value in overrides.items():
-            owner_path, _, attribute = path.rpartition(".")
-            holder = module.get_submodule(owner_path)
+            holder, attribute = owner_of(module, path)
             if not (isinstance(value, torch.fx.Node) and value.op == "get_attr"):
                 raise FreezeError(f"{module_node.target}.{path} is not a frozen constant")
             tensor = _fetch(gm, value.target)
@@ -193,8 +192,8 @@ def _unkeep_calls(gm: torch.fx.GraphModule) -> None:
 
 
 def _fetch(module: nn.Module, target: str) -> torch.Tensor:
-    owner_path, _, name = target.rpartition(".")
-    return getattr(module.get_submodule(owner_path), name)
+    owner, name = owner_of(module, target)
+    return getattr(owner, name)
 
 
 # -- module scope ----------------------------------------------------------------------------------
@@ -243,7 +242,7 @@ def _frozen_values(module: nn.Module, path: str) -> dict[str, torch.Tensor]:
             continue  # the module has no such tensor (an Embedding's bias)
         except Exception as error:
             raise FreezeError(
-                f"{path or 'the model'} ({type(module).__name__}): a transform failed while "
+                f"{where(path, module)}: a transform failed while "
                 f"freezing its {attribute}: {type(error).__name__}: {error}"
             ) from error
         if value is not None:

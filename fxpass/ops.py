@@ -16,6 +16,7 @@ import torch.fx
 import torch.nn as nn
 
 from fxpass import reading
+from fxpass._common import first_proxy, owner_of
 
 __all__ = [
     "ByValue",
@@ -26,18 +27,6 @@ __all__ = [
 ]
 
 _MISSING = object()
-
-
-def _first_proxy(values: Any) -> torch.fx.Proxy | None:
-    found: list[torch.fx.Proxy] = []
-
-    def visit(value: Any) -> Any:
-        if not found and isinstance(value, torch.fx.Proxy):
-            found.append(value)
-        return value
-
-    torch.fx.node.map_aggregate(values, visit)
-    return found[0] if found else None
 
 
 def call_with_overrides(
@@ -72,7 +61,7 @@ def call_with_overrides(
     first = next(iter(overrides.values()), None)
     proxy = first if isinstance(first, torch.fx.Proxy) else None
     if proxy is None and not overrides:
-        proxy = _first_proxy((args, kwargs))
+        proxy = first_proxy((args, kwargs))
     if proxy is not None:
         return proxy.tracer.create_proxy(
             "call_function", call_with_overrides, (module, overrides, args, kwargs), {}
@@ -80,8 +69,7 @@ def call_with_overrides(
     saved: list[tuple[dict[str, Any], str, Any]] = []
     try:
         for path, value in overrides.items():
-            owner_path, _, attribute = path.rpartition(".")
-            owner = module.get_submodule(owner_path) if owner_path else module
+            owner, attribute = owner_of(module, path)
             # An instance attribute shadows both _parameters (reached through __getattr__) and a
             # missing attribute: the forward reads `value`, and the real state stays untouched.
             namespace = owner.__dict__

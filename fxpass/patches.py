@@ -23,9 +23,10 @@ from typing import Literal
 
 import torch.nn as nn
 
+from fxpass._common import where
 from fxpass.errors import UnsupportedPatchError
 
-__all__ = ["Layer", "PatchStack", "LayerKind", "find_patch_stack", "join_path"]
+__all__ = ["Layer", "PatchStack", "LayerKind", "find_patch_stack"]
 
 LayerKind = Literal["imitate", "qsparse", "parametrize"]
 
@@ -83,11 +84,6 @@ class PatchStack:
         return tuple(names)
 
 
-def join_path(prefix: str, name: str) -> str:
-    """Join two dotted module paths, either of which may be empty."""
-    return f"{prefix}.{name}" if prefix and name else prefix or name
-
-
 def _qsparse_name(cls: type) -> str | None:
     prop = cls.__dict__.get("weight")
     fget = getattr(prop, "fget", None)
@@ -98,7 +94,7 @@ def _qsparse_name(cls: type) -> str | None:
     return name if isinstance(name, str) else None
 
 
-def _layer_of(cls: type, module: nn.Module) -> Layer | None:
+def _layer_of(cls: type, module: nn.Module, path: str) -> Layer | None:
     own = cls.__dict__
     if "__imitation_name__" in own:
         return Layer("imitate", own["__imitation_name__"], IMITATED_ATTRIBUTES)
@@ -106,7 +102,7 @@ def _layer_of(cls: type, module: nn.Module) -> Layer | None:
         name = _qsparse_name(cls)
         if name is None:
             raise UnsupportedPatchError(
-                f"{type(module).__name__}: a qsparse Imitation class whose transform name cannot "
+                f"{where(path, module)}: a qsparse Imitation class whose transform name cannot "
                 "be read; fxpass supports qsparse 2.0's imitate"
             )
         return Layer("qsparse", name, IMITATED_ATTRIBUTES)
@@ -164,23 +160,22 @@ def find_patch_stack(module: nn.Module, path: str = "") -> PatchStack | None:
     layers: list[Layer] = []
     base: type = type(module)
     for cls in type(module).__mro__:
-        layer = _layer_of(cls, module)
+        layer = _layer_of(cls, module, path)
         if layer is None:
             base = cls
             break
         layers.append(layer)
-    where = path or "the model"
     for cls in base.__mro__:
-        if _layer_of(cls, module) is not None:
+        if _layer_of(cls, module, path) is not None:
             raise UnsupportedPatchError(
-                f"{where} ({base.__name__}): a class patch sits below the unpatched class "
+                f"{where(path, base)}: a class patch sits below the unpatched class "
                 f"{base.__qualname__}; fxpass needs every patch class on top of the module's "
                 "own class"
             )
         overridden = _is_dynamic_override(cls, module)
         if overridden is not None:
             raise UnsupportedPatchError(
-                f"{where} ({base.__name__}): class {cls.__qualname__} from {cls.__module__} "
+                f"{where(path, base)}: class {cls.__qualname__} from {cls.__module__} "
                 f"overrides {overridden!r} with a property but is not a patch fxpass knows "
                 "(imitation_runtime.imitate, qsparse's imitate, torch parametrize), and pickle "
                 "cannot find it by name; apply the transform with imitation_runtime.imitate instead"

@@ -22,7 +22,8 @@ from fxpass.compiled import (
     ModeGraphs,
     use_fx_code,
 )
-from fxpass.patches import find_patch_stack, join_path
+from fxpass._common import join_path
+from fxpass.patches import find_patch_stack
 from fxpass.reading import install_eager_forward
 from fxpass.record import (
     RECORD_ATTRIBUTE,

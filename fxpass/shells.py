@@ -22,7 +22,8 @@ from torch.nn.modules.module import _WrappedHook
 
 from fxpass.errors import InvalidModelError, UnsupportedPatchError
 from fxpass.ops import ByValue, picklable_by_reference
-from fxpass.patches import PatchStack, find_patch_stack, join_path
+from fxpass._common import join_path, where
+from fxpass.patches import PatchStack, find_patch_stack
 from fxpass.reading import PLAN, ReadLayer, ReadPlan, class_defined, reading_class
 
 __all__ = [
@@ -71,7 +72,7 @@ class ShellTree:
     """The copied tree.
 
     Attributes:
-        root: the copy of the model (or the model itself when nothing needed copying).
+        root: the copy of the model.
         shells: id -> shell, for every copied module.
         patched: id(shell) -> description, for every patched module, in model order.
         paths: id(shell) -> first path, for every copied module.
@@ -202,7 +203,7 @@ def shell_of(
             transforms[name] = namespace.pop(name)
         else:
             raise UnsupportedPatchError(
-                f"{path or 'the model'} ({type(shell).__name__}): its patch reads the "
+                f"{where(path, shell)}: its patch reads the "
                 f"transform attribute {name!r}, which the module does not have"
             )
     if keep_transforms and stack is not None:
@@ -234,9 +235,8 @@ def _refuse_lazy(module: nn.Module, path: str) -> None:
     """A lazy module before its first forward materializes its parameters, and changes its class,
     in a forward pre-hook: traced, that would happen on proxies (and to the input model)."""
     if isinstance(module, LazyModuleMixin) and module.has_uninitialized_params():
-        where = path or "the model"
         raise InvalidModelError(
-            f"{where} ({type(module).__name__}) has uninitialized parameters (a lazy module before its "
+            f"{where(path, module)} has uninitialized parameters (a lazy module before its "
             "first forward); run the model once on an example input before compiling it"
         )
 

@@ -22,6 +22,7 @@ import torch.nn as nn
 
 import fxpass
 from fxpass import zoo
+from fxpass._common import join_path
 from imitation_runtime import imitate, is_imitated
 from tests.support import (
     assert_grads_equal,
@@ -177,7 +178,7 @@ def test_graph_lints_and_holds_no_patched_class(entry: zoo.ZooEntry) -> None:
         cls = type(module)
         assert not (cls.__module__ == "torch.nn.utils.parametrize" and cls.__name__.startswith("Parametrized")), name
     found = [
-        fxpass.patches.join_path(prefix, path)
+        join_path(prefix, path)
         for prefix, record in fxpass.records(compiled).items()
         for path in record.patched_modules
     ]

@@ -11,7 +11,8 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 
 from fxpass.errors import InvalidModelError, UnsupportedPatchError
-from fxpass.patches import Layer, find_patch_stack, join_path
+from fxpass._common import join_path
+from fxpass.patches import Layer, find_patch_stack
 from fxpass.reading import PLAN, is_reading_class
 from fxpass.shells import Patched, build_shells, has_patch, is_default_leaf, keep_reads, shell_of
 from imitation_runtime import identity, imitate
