@@ -18,11 +18,11 @@ from fxpass.compiled import (
     PRESERVED,
     TREE_ATTRIBUTES,
     CompiledGraphModule,
-    LoadTracer,
     ModeGraphs,
     use_fx_code,
 )
 from fxpass._common import join_path
+from fxpass.saved import LoadTracer
 from fxpass.patches import find_patch_stack
 from fxpass.reading import install_eager_forward
 from fxpass.record import (

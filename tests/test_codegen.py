@@ -16,7 +16,7 @@ import torch.fx
 import torch.nn as nn
 
 import fxpass
-from fxpass import compiled
+from fxpass import saved
 from fxpass.codegen import attribute_chain, dict_walk
 from imitation_runtime import imitate
 from tests.support import zoo_params
@@ -151,8 +151,8 @@ def test_pickles_carry_the_nodes_and_load_without_a_trace(monkeypatch: pytest.Mo
     gm = fxpass.compile(model)
     _new, _args, state = gm.__reduce__()
     assert not {"_graph", "_code"} & set(state)
-    saved = [(op, name) for op, name, *_ in state[compiled._NODES].nodes]
-    assert saved == [(n.op, n.name) for n in gm.graph.nodes]
+    pickled = [(op, name) for op, name, *_ in state[saved.NODES].nodes]
+    assert pickled == [(n.op, n.name) for n in gm.graph.nodes]
 
     def no_trace(*args: object, **kwargs: object) -> None:
         raise AssertionError("loading a compiled model re-traced its code")
@@ -185,7 +185,7 @@ def test_a_graph_with_pytree_code_pickles_as_torch_fx_code_and_loads_with_the_fa
     model = _Dict()
     PH = torch.fx._symbolic_trace.PH
     gm = fxpass.compile(model, concrete_args={"inputs": {"a": PH, "b": PH}})
-    assert compiled._NodeList.of(gm.graph) is None
+    assert saved.NodeList.of(gm.graph) is None
     _rebuild, (_reduce, (body, _imports), *_rest) = gm.__reduce__()
     assert "self.lin.weight" in body["_code"]
     assert "_modules[" not in body["_code"]
@@ -207,7 +207,7 @@ def test_a_node_list_keeps_names_types_and_nested_arguments() -> None:
     first = graph.create_node("call_function", operator.getitem, (pair, 0), name="left")
     joined = graph.create_node("call_function", torch.cat, ([first, x],), {"dim": 1}, name="joined")
     graph.output({"out": joined, "both": (first, [x])})
-    rebuilt = pickle.loads(pickle.dumps(compiled._NodeList.of(graph))).graph()
+    rebuilt = pickle.loads(pickle.dumps(saved.NodeList.of(graph))).graph()
     assert [_node_key(n) for n in rebuilt.nodes] == [_node_key(n) for n in graph.nodes]
     assert rebuilt.python_code("self").src == graph.python_code("self").src
 
@@ -217,10 +217,10 @@ def test_a_node_target_pickle_cannot_find_by_name_keeps_torch_fx_pickle() -> Non
         return torch.relu(x)
 
     graph = torch.fx.symbolic_trace(nn.ReLU()).graph
-    assert compiled._NodeList.of(graph) is not None
+    assert saved.NodeList.of(graph) is not None
     node = next(n for n in graph.nodes if n.op == "call_function")
     node.target = local_relu
-    assert compiled._NodeList.of(graph) is None
+    assert saved.NodeList.of(graph) is None
 
 
 class _Outer(nn.Module):
