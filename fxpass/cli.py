@@ -24,32 +24,39 @@ import argparse
 import contextlib
 import dataclasses
 import importlib
-import inspect
-import io
 import json
-import logging
-import math
 import os
 import pickle
-import re
 import sys
 import time
-import traceback
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import tabulate
 import torch
 import torch.fx
 import torch.nn as nn
-from torch.utils import _pytree as pytree
 
 from fxpass import zoo
+from fxpass._cli_export import (
+    ONNX_PACKAGES,
+    export_onnx,
+    export_pt2,
+    exporting,
+    file_size,
+    max_abs_error,
+    one_line,
+    require,
+    save_file,
+    tensors,
+    writable,
+)
+from fxpass._cli_parity import parity_row, print_table
 from fxpass.errors import CommandError, FxpassError
 from fxpass.freeze import freeze, frozen_tensors
-from fxpass.parity import ParityReport, check
-from fxpass.record import CompileRecord, scope_record
+from fxpass.parity import check
+from fxpass.record import CompileRecord, record_totals, scope_record
 from fxpass.rewrite import compile, records
 
 __all__ = ["load_factory", "main"]
@@ -170,54 +177,6 @@ def _progress(message: str) -> None:
 
 # -- parity ---------------------------------------------------------------------------------------
 
-#: the keys of a model's row in ``fxpass parity --format json``, with their column in the table
-COLUMNS = {
-    "model": "model",
-    "scope": "scope",
-    "patched": "patched",
-    "inlined": "inlined",
-    "module": "module",
-    "opaque": "opaque",
-    "kept_calls": "kept calls",
-    "train_forward": "train fwd",
-    "eval_forward": "eval fwd",
-    "grads": "grads",
-    "trajectory": "{steps}-step trajectory",
-    "state_dict": "state_dict",
-    "save_load": "save/load",
-    "time_ratio": "time ratio",
-    "ok": "ok",
-}
-
-
-def _verdict(report: ParityReport, *parts: str) -> str:
-    rows = [r for r in report.rows if any(part in r.name for part in parts)]
-    if not rows:
-        return "-"
-    return "ok" if all(r.passed for r in rows) else "FAIL"
-
-
-def _parity_row(name: str, report: ParityReport, seconds: float) -> dict[str, Any]:
-    counts = report.compile_counts or {}
-    return {
-        "model": name,
-        "scope": report.scope,
-        "patched": report.patched_modules,
-        "inlined": counts.get("inlined"),
-        "module": counts.get("module"),
-        "opaque": counts.get("opaque"),
-        "kept_calls": report.kept_calls,
-        "train_forward": _verdict(report, "train/step1/output"),
-        "eval_forward": _verdict(report, "eval/step1/output"),
-        "grads": _verdict(report, "/grad"),
-        "trajectory": _verdict(report, "/params", "/buffers", "/output"),
-        "state_dict": _verdict(report, "state_dict/", "param_names"),
-        "save_load": _verdict(report, "save_load/"),
-        "time_ratio": None if report.time_ratio is None else round(report.time_ratio, 2),
-        "ok": report.ok,
-        "seconds": round(seconds, 1),
-    }
-
 
 class _StepProgress:
     """Reports a model's steps on stderr once its run has taken more than a few seconds."""
@@ -257,7 +216,7 @@ def _parity(args: argparse.Namespace) -> int:
                 compile_options=compile_options,
                 progress=_StepProgress(built.name),
             )
-        rows.append(_parity_row(built.name, report, time.perf_counter() - start))
+        rows.append(parity_row(built.name, report, time.perf_counter() - start))
         reports[built.name] = report
     ok = all(report.ok for report in reports.values())
     if args.format == "json":
@@ -265,16 +224,7 @@ def _parity(args: argparse.Namespace) -> int:
         print(json.dumps({"schema": JSON_SCHEMA, "ok": ok, "steps": args.steps, "models": models,
                           "skipped": skipped}, indent=2))  # fmt: skip
         return 0 if ok else 1
-    fmt = FORMATS[args.format]
-    headers = {key: column.format(steps=args.steps) for key, column in COLUMNS.items()}
-    print(tabulate.tabulate([[row[key] for key in headers] for row in rows], headers=list(headers.values()),
-                            tablefmt=fmt))  # fmt: skip
-    for skip in skipped:
-        print(f"skipped {skip['model']}: {skip['reason']}")
-    for name, report in reports.items():
-        if not report.ok:
-            print(f"\n{report.summary()}\n{report.table(fmt, failures_only=True)}")
-    print("\ntime ratio: compiled / runtime eager forward, indicative (see benchmarks/)")
+    print_table(rows, reports, skipped, args.steps, FORMATS[args.format])
     return 0 if ok else 1
 
 
@@ -282,11 +232,11 @@ def _parity(args: argparse.Namespace) -> int:
 
 
 def _compile(args: argparse.Namespace) -> int:
-    _writable(args.output)
+    writable(args.output)
     built = _build_user_model(args.factory)
     options = _compile_options(args, {})
     compiled = compile(built.model, inline_activations=args.inline_activations, **options)
-    _save(lambda: torch.save(compiled, args.output), args.output)
+    save_file(lambda: torch.save(compiled, args.output), args.output)
     print(
         f"compiled {type(built.model).__name__} at {_scope_of(compiled)} scope "
         f"({_parts(compiled)} part(s): {_counts(records(compiled))}) and saved it whole to {args.output}"
@@ -295,11 +245,7 @@ def _compile(args: argparse.Namespace) -> int:
 
 
 def _counts(parts: dict[str, CompileRecord]) -> str:
-    total = dict.fromkeys(("inlined", "module", "opaque"), 0)
-    for record in parts.values():
-        for kind, n in record.counts().items():
-            total[kind] += n
-    return ", ".join(f"{n} {kind}" for kind, n in total.items())
+    return ", ".join(f"{n} {kind}" for kind, n in record_totals(parts.values()).items())
 
 
 def _load_model(path: Path) -> nn.Module:
@@ -380,15 +326,12 @@ def _example(args: argparse.Namespace) -> int:
 
 # -- export ---------------------------------------------------------------------------------------
 
-#: what ``fxpass export --format onnx`` imports, all in the ``[export]`` extra
-ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
-
 
 def _export(args: argparse.Namespace) -> int:
     target = args.format or ("onnx" if args.output.suffix == ".onnx" else "pt2")
     if target == "onnx":
-        _require(ONNX_PACKAGES, "--format onnx")
-    _writable(args.output)
+        require(ONNX_PACKAGES, "--format onnx")
+    writable(args.output)
     built = _build_user_model(args.factory)
     name = type(built.model).__name__
     _progress(f"fxpass export: compiling and freezing {name} ...")
@@ -397,24 +340,24 @@ def _export(args: argparse.Namespace) -> int:
     built.model.eval()  # moves on at every call, and the snapshot is of its first eval-mode value
     try:
         with torch.no_grad():
-            expected = _tensors(built(built.model))
+            expected = tensors(built(built.model))
     except Exception as error:
         raise CommandError(
             f"the runtime model {name} raised {type(error).__name__} on the example inputs of "
             f"{args.factory}: {error}"
         ) from error
     _progress(f"fxpass export: exporting to {args.output} ({target}) ...")
-    with _exporting(frozen, name, args.debug):
-        save, run = (_export_pt2 if target == "pt2" else _export_onnx)(frozen, built, args.output)
-    _save(save, args.output)
+    with exporting(frozen, name, args.debug):
+        save, run = (export_pt2 if target == "pt2" else export_onnx)(frozen, built.args, built.kwargs, args.output)
+    save_file(save, args.output)
     _progress(f"fxpass export: loading {args.output} and running it against the runtime model ...")
     try:
         got = run()
     except CommandError:
         raise
     except Exception as error:
-        raise CommandError(f"{args.output} was written but does not run: {_one_line(error)}") from error
-    error = _max_abs_error(expected, got)
+        raise CommandError(f"{args.output} was written but does not run: {one_line(error)}") from error
+    error = max_abs_error(expected, got)
     row = {
         "model": name,
         "scope": _scope_of(compiled),
@@ -422,7 +365,7 @@ def _export(args: argparse.Namespace) -> int:
         "frozen tensors": len(frozen_tensors(frozen)),
         "format": target,
         "max abs error": f"{error:.3g}",
-        "file size": _size(args.output),
+        "file size": file_size(args.output),
     }
     print(tabulate.tabulate([row], headers="keys"))
     if len(got) != len(expected):
@@ -433,193 +376,6 @@ def _export(args: argparse.Namespace) -> int:
         return 1
     print(f"\nok: {args.output} matches the runtime model's eval output within --atol {args.atol:g}")
     return 0
-
-
-Exported = tuple[Callable[[], object], Callable[[], list[torch.Tensor]]]  # (save, load and run)
-
-
-def _export_pt2(frozen: nn.Module, built: _Built, path: Path) -> Exported:
-    program = torch.export.export(frozen, built.args, built.kwargs)
-
-    def run() -> list[torch.Tensor]:
-        with torch.no_grad():
-            return _tensors(built(torch.export.load(path).module()))
-
-    return lambda: torch.export.save(program, path), run
-
-
-def _export_onnx(frozen: nn.Module, built: _Built, path: Path) -> Exported:
-    with contextlib.redirect_stdout(sys.stderr):  # the exporter reports its stages on stdout
-        program = torch.onnx.export(frozen, built.args, kwargs=built.kwargs, dynamo=True, verbose=False)
-    feeds = _onnx_feeds(frozen, built)
-
-    def run() -> list[torch.Tensor]:
-        import onnxruntime
-
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        names = [i.name for i in session.get_inputs()]
-        by_name = {n: feeds[n] for n in names if n in feeds}
-        values = [by_name[n] for n in names] if len(by_name) == len(names) else list(feeds.values())
-        if len(values) != len(names):
-            raise CommandError(
-                f"{path}: the ONNX graph takes {len(names)} input(s) ({', '.join(names)}), "
-                f"the example inputs hold {len(values)} tensor(s)"
-            )
-        outputs = session.run(None, {n: v.numpy() for n, v in zip(names, values)})
-        return [torch.from_numpy(output) for output in outputs]
-
-    return lambda: program.save(str(path)), run
-
-
-def _onnx_feeds(model: nn.Module, built: _Built) -> dict[str, torch.Tensor]:
-    """The tensor inputs, by the name the ONNX exporter gives them (the forward's argument names;
-    nested inputs ``name_0``, ``name_1``, ...), in the order of the forward's arguments."""
-    try:
-        bound = inspect.signature(model.forward).bind(*built.args, **built.kwargs).arguments
-    except TypeError:
-        bound = {f"input_{i}": value for i, value in enumerate(built.args)} | built.kwargs
-    feeds: dict[str, torch.Tensor] = {}
-    for argument, value in bound.items():
-        leaves = [leaf for leaf in pytree.tree_leaves(value) if isinstance(leaf, torch.Tensor)]
-        if isinstance(value, torch.Tensor):
-            feeds[argument] = value.detach()
-        else:
-            feeds.update({f"{argument}_{i}": leaf.detach() for i, leaf in enumerate(leaves)})
-    return feeds
-
-
-@contextlib.contextmanager
-def _exporting(model: nn.Module, name: str, debug: bool) -> Iterator[None]:
-    """Turn an exporter's failure into one line that names the module it failed in (and keep
-    torch's own warnings and the partial graph it prints on a failure quiet, unless ``--debug``)."""
-    try:
-        with contextlib.nullcontext() if debug else _torch_logs_quiet():
-            yield
-    except (CommandError, KeyboardInterrupt):
-        raise
-    except Exception as error:
-        where = _failing_module(error, model)
-        cache = re.search(r"<class '(?:[\w.]*\.)?(\w*Cache)'>", _chain_text(error))
-        if cache is not None:  # the usual first failure of a transformers model
-            article = "an" if cache[1][0] in "AEIOU" else "a"
-            raise CommandError(
-                f"cannot export {name}{where}: its output holds {article} {cache[1]}, and transformers' "
-                "caches are not pytree nodes: export the forward without one (use_cache=False in the "
-                "factory's keyword inputs)"
-            ) from error
-        raise CommandError(f"cannot export {name}{where}: {_one_line(error)}") from error
-
-
-def _one_line(error: BaseException) -> str:
-    """``Type: first line`` of the innermost error ``error`` was raised from (the ONNX exporter
-    wraps what torch.export raised), without terminal colours, at most a few hundred characters."""
-    while error.__cause__ is not None:
-        error = error.__cause__
-    reason = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(error)).split("\n", 1)[0].split())
-    if len(reason) > 300:
-        reason = reason[:297] + "..."
-    return f"{type(error).__name__}: {reason}" if reason else type(error).__name__
-
-
-def _chain_text(error: BaseException) -> str:
-    texts, current = [], error
-    while current is not None and len(texts) < 10:
-        texts.append(str(current))
-        current = current.__cause__
-    return "\n".join(texts)
-
-
-@contextlib.contextmanager
-def _torch_logs_quiet() -> Iterator[None]:
-    logger = logging.getLogger("torch")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):
-            yield
-    finally:
-        logger.setLevel(level)
-
-
-def _failing_module(error: BaseException, model: nn.Module) -> str:
-    """`` in module 'path' (Class)`` for the innermost module of ``model`` whose code the
-    traceback of ``error`` (or of the errors it was raised from) passes through, else ``""``."""
-    names = {id(module): path for path, module in model.named_modules()}
-    found: nn.Module | None = None
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        for frame, _ in traceback.walk_tb(current.__traceback__):
-            owner = frame.f_locals.get("self")
-            if id(owner) in names:
-                found = owner
-        current = current.__cause__ or current.__context__
-    if found is None or not names[id(found)]:
-        return ""
-    return f" in module {names[id(found)]!r} ({type(found).__name__})"
-
-
-def _tensors(output: Any) -> list[torch.Tensor]:
-    return [leaf.detach() for leaf in pytree.tree_leaves(output) if isinstance(leaf, torch.Tensor)]
-
-
-def _max_abs_error(expected: list[torch.Tensor], got: list[torch.Tensor]) -> float:
-    """The largest absolute difference over the output tensors (NaN where both are NaN counts as
-    equal; a shape mismatch or a NaN on one side only is infinite)."""
-    worst = 0.0
-    for want, have in zip(expected, got):
-        if want.shape != have.shape:
-            return math.inf
-        want, have = want.double(), have.double()
-        both_nan = want.isnan() & have.isnan()
-        difference = torch.where(both_nan, 0.0, (want - have).abs()).nan_to_num(nan=math.inf)
-        if difference.numel():
-            worst = max(worst, float(difference.max()))
-    return worst
-
-
-def _require(packages: Sequence[str], what: str) -> None:
-    missing = []
-    for package in packages:
-        try:
-            importlib.import_module(package)
-        except ImportError:
-            missing.append(package)
-    if missing:
-        raise CommandError(f"{what} needs {', '.join(missing)}: pip install \"fxpass[export]\"")
-
-
-def _writable(path: Path) -> None:
-    """Refuse, before any work, an output path that cannot be written."""
-    if path.is_dir():
-        raise CommandError(f"cannot write {path}: it is a directory")
-    parent = path.parent
-    if parent.exists() and not parent.is_dir():
-        raise CommandError(f"cannot write {path}: {parent} is not a directory")
-    if not parent.is_dir():
-        raise CommandError(f"cannot write {path}: the directory {parent} does not exist")
-    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise CommandError(f"cannot write {path}: permission denied")
-
-
-def _save(save: Callable[[], object], path: Path) -> None:
-    try:
-        save()
-    except OSError as error:
-        raise CommandError(f"cannot write {path}: {error.strerror or error}") from error
-    except RuntimeError as error:  # torch's archive writer
-        reason = re.search(r"strerror: (.*)", str(error))
-        raise CommandError(f"cannot write {path}: {reason[1] if reason else error}") from error
-
-
-def _size(path: Path) -> str:
-    size = float(path.stat().st_size)
-    for unit in ("B", "KiB", "MiB"):
-        if size < 1024:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GiB"
 
 
 # -- entry point ----------------------------------------------------------------------------------
