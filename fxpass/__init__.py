@@ -12,11 +12,11 @@ from fxpass.errors import (
     UntraceableModelError,
 )
 from fxpass import parity, testing
-from fxpass.freeze import freeze
+from fxpass._freeze import freeze
 from fxpass.parity_report import ParityReport, ParityRow
 from fxpass.record import CompileRecord, EagerModule, KeptCall, Rewrite, ScopeRecord, record_of, scope_record
-from fxpass.rewrite import compile, records
-from fxpass.tracer import ACTIVATIONS
+from fxpass._rewrite import compile, records
+from fxpass._tracer import ACTIVATIONS
 
 __all__ = [
     "ACTIVATIONS",

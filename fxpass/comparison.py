@@ -36,6 +36,9 @@ MAX_LISTED = 5
 
 @dataclasses.dataclass
 class Comparison:
+    """What comparing a set of named values found: passed (within the tolerances), bitwise
+    equal, the largest absolute and relative differences, and what differed."""
+
     passed: bool = True
     bitwise: bool = True
     max_abs: float = 0.0
@@ -98,6 +101,8 @@ def compare_values(
 def compare_tensors(
     reference: torch.Tensor, candidate: torch.Tensor, atol: float, rtol: float
 ) -> tuple[bool, bool, str, float, float]:
+    """(bitwise equal, passed, why not, max abs diff, max rel diff) of two tensors: shape, dtype,
+    then the values (NaN equals NaN; an infinite difference is ``inf``), in float64."""
     if reference.shape != candidate.shape:
         reason = f"shape {tuple(reference.shape)} vs {tuple(candidate.shape)}"
         return False, False, reason, math.inf, math.inf
@@ -200,26 +205,31 @@ def _walkable(value: Any) -> bool:
 
 
 def flat(value: Any, root: str) -> dict[str, Any]:
+    """:func:`flatten` as a dict: leaf path -> leaf."""
     return dict(flatten(value, root))
 
 
 def kind_of(value: Any) -> str:
+    """A few words for a leaf in a mismatch message: ``Tensor[2, 3]``, or its type's name."""
     if isinstance(value, torch.Tensor):
         return f"Tensor{list(value.shape)}"
     return "None" if value is None else type(value).__name__
 
 
 def error_text(error: BaseException) -> str:
+    """An exception in one line: its type and the first line of its message."""
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 def listing(items: Sequence[str]) -> str:
+    """Names joined by commas, the first :data:`MAX_LISTED` of them and how many in all."""
     shown = ", ".join(items[:MAX_LISTED])
     return shown + (f", ... ({len(items)} in all)" if len(items) > MAX_LISTED else "")
 
 
 def sequence_difference(reference: list[str], candidate: list[str], what: str) -> str:
+    """Where two sequences of names part: the first position that differs, or the extra ones."""
     for index, (a, b) in enumerate(zip(reference, candidate)):
         if a != b:
             return f"{what} differ at position {index}: {a!r} (reference) vs {b!r} (candidate)"

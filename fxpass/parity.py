@@ -29,8 +29,8 @@ from fxpass.comparison import error_text, flat, flatten, listing
 from fxpass.errors import ExampleInputsError, InvalidModelError, ParityArgumentError
 from fxpass.parity_report import ParityReport, ParityRow
 from fxpass.record import record_totals, scope_record
-from fxpass.rewrite import compile as fxpass_compile
-from fxpass.rewrite import records
+from fxpass._rewrite import compile as fxpass_compile
+from fxpass._rewrite import records
 
 __all__ = [
     "MODES",

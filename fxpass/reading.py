@@ -20,7 +20,7 @@ the read:
 The same mechanism makes a module kept as a call inside a graph exact (model scope too): its
 ``forward`` is an :class:`EagerForward`, so the patched modules inside it read as at run time
 however often its forward reads them. Compiled graphs never read through the fallback, also while
-eager code runs: their generated code reads the tree's dictionaries (:mod:`fxpass.codegen`) and
+eager code runs: their generated code reads the tree's dictionaries (:mod:`fxpass._codegen`) and
 applies the transforms as nodes. (Graphs saved by fxpass 0.1 hand tensors to their kept calls as
 instance attributes, :func:`fxpass.ops.call_with_overrides`, which Python finds before any
 fallback.)

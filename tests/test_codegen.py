@@ -1,4 +1,4 @@
-"""The code compiled models run: dictionary walks (fxpass.codegen), and transforms traced once.
+"""The code compiled models run: dictionary walks (fxpass._codegen), and transforms traced once.
 
 Parity claims are bitwise (torch.equal).
 """
@@ -17,7 +17,7 @@ import torch.nn as nn
 
 import fxpass
 from fxpass import saved
-from fxpass.codegen import attribute_chain, dict_walk
+from fxpass._codegen import attribute_chain, dict_walk
 from imitation_runtime import imitate
 from tests.support import zoo_params
 

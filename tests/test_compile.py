@@ -173,7 +173,7 @@ def test_graph_lints_and_holds_no_patched_class(entry: zoo.ZooEntry) -> None:
         if isinstance(module, torch.fx.GraphModule):
             continue  # (GraphModule makes a class per instance)
         # no class patch of any kind is left: imitate, qsparse, parametrize's Parametrized*
-        assert fxpass.patches.find_patch_stack(module, name) is None, (name, type(module))
+        assert fxpass._patches.find_patch_stack(module, name) is None, (name, type(module))
         assert not is_imitated(module) and "<locals>" not in type(module).__qualname__, name
         cls = type(module)
         assert not (cls.__module__ == "torch.nn.utils.parametrize" and cls.__name__.startswith("Parametrized")), name
@@ -182,7 +182,7 @@ def test_graph_lints_and_holds_no_patched_class(entry: zoo.ZooEntry) -> None:
         for prefix, record in fxpass.records(compiled).items()
         for path in record.patched_modules
     ]
-    patched = [n for n, m in runtime.named_modules() if fxpass.patches.find_patch_stack(m) is not None]
+    patched = [n for n, m in runtime.named_modules() if fxpass._patches.find_patch_stack(m) is not None]
     assert sorted(found) == sorted(patched)  # (each part lists its own, in model order)
 
 
@@ -463,7 +463,7 @@ SAVED = sorted((Path(__file__).parent / "data").glob("saved-*.pt"))
 def test_models_saved_by_earlier_versions_still_load(path: Path) -> None:
     """Models saved whole by fxpass before its pickle carried the graph's nodes (359395c:
     torch.fx's code, re-traced on load) and before the compiled GraphModule moved to
-    fxpass.compiled (1a1d486: the names were fxpass.ops.* and fxpass.codegen.*), and before the
+    fxpass.compiled (1a1d486: the names were fxpass.ops.* and fxpass._codegen.*), and before the
     pickle format moved to fxpass.saved (be011f9: fxpass.compiled._NodeList, ...): each loads,
     computes what it computed when it was saved, switches mode, and saves again."""
     saved = torch.load(path, weights_only=False)

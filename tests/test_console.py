@@ -22,7 +22,7 @@ import torch
 import fxpass
 import imitation_runtime
 from fxpass import zoo
-from fxpass.freeze import frozen_tensors
+from fxpass._freeze import frozen_tensors
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="needs the [hf] extra")
 

@@ -1,5 +1,5 @@
-"""Unit tests of two internal units: fxpass.patches (recognising class patches as data) and
-fxpass.shells (copying the model's module tree into unpatched shells that share its tensors)."""
+"""Unit tests of two internal units: fxpass._patches (recognising class patches as data) and
+fxpass._shells (copying the model's module tree into unpatched shells that share its tensors)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from torch.nn.utils import parametrize
 
 from fxpass.errors import InvalidModelError, UnsupportedPatchError
 from fxpass._common import join_path
-from fxpass.patches import Layer, find_patch_stack
+from fxpass._patches import Layer, find_patch_stack
 from fxpass.reading import PLAN, is_reading_class
-from fxpass.shells import Patched, build_shells, has_patch, is_default_leaf, keep_reads, shell_of
+from fxpass._shells import Patched, build_shells, has_patch, is_default_leaf, keep_reads, shell_of
 from imitation_runtime import identity, imitate
 from tests.support import Counting, assert_same_snapshot, halve, snapshot
 
@@ -57,7 +57,7 @@ def model_with_shared() -> tuple[nn.Sequential, nn.Linear]:
     return model, shared
 
 
-# -- fxpass.patches --------------------------------------------------------------------------------
+# -- fxpass._patches --------------------------------------------------------------------------------
 
 
 def test_plain_modules_have_no_stack() -> None:
@@ -152,7 +152,7 @@ def test_join_path(prefix: str, name: str, joined: str) -> None:
     assert join_path(prefix, name) == joined
 
 
-# -- fxpass.shells ---------------------------------------------------------------------------------
+# -- fxpass._shells ---------------------------------------------------------------------------------
 
 
 def test_one_shell_per_module_at_its_first_path() -> None:

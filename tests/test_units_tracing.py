@@ -1,4 +1,4 @@
-"""Unit tests of the tracer's rollback and of transform emission (fxpass.tracer, fxpass.transforms).
+"""Unit tests of the tracer's rollback and of transform emission (fxpass._tracer, fxpass._transforms).
 
 The rest of the suite reaches these through ``fxpass.compile``; here each is driven directly, on
 a tracer with an empty graph, so a failure names the unit.
@@ -13,9 +13,9 @@ import torch.nn as nn
 import fxpass
 from fxpass.ops import Opaque
 from fxpass.record import KeptCall, Rewrite
-from fxpass.shells import build_shells
-from fxpass.tracer import PatchTracer
-from fxpass.transforms import TransformEmitter
+from fxpass._shells import build_shells
+from fxpass._tracer import PatchTracer
+from fxpass._transforms import TransformEmitter
 from imitation_runtime import imitate
 from imitation_runtime.patch import identity
 

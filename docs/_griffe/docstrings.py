@@ -9,7 +9,7 @@ each docstring is parsed:
 * a line ``Example:`` becomes ``Examples:``;
 * a ``#:`` comment right above an attribute becomes its docstring, as in Sphinx;
 * a role becomes a cross-reference to the object it names, its first component resolved by
-  griffe in the docstring's scope (``imitate`` in ``fxpass.rewrite`` is
+  griffe in the docstring's scope (``imitate`` in ``fxpass._rewrite`` is
   ``imitation_runtime.patch.imitate``); the reference is "optional": when the object is not part
   of the rendered reference, the name is shown as code without a link. A leading ``~`` shows the
   last component only.

@@ -15,7 +15,7 @@ from fxpass.ops import call_with_overrides
 from fxpass._common import join_path, owner_of, where
 from fxpass.reading import PLAN, read_value, remove_eager_forward, undress
 from fxpass.record import RECORD_ATTRIBUTE, Rewrite, find_record, record_of, scope_record
-from fxpass.rewrite import compile
+from fxpass._rewrite import compile
 
 __all__ = ["freeze"]
 

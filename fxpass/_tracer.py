@@ -1,6 +1,6 @@
 """The tracer: torch.fx's Tracer, watching patched attributes and the training mode.
 
-While tracing, every copied module (see :mod:`fxpass.shells`) wears a tracing subclass of its own
+While tracing, every copied module (see :mod:`fxpass._shells`) wears a tracing subclass of its own
 class. Its patched attributes are properties that emit ``get_attr`` of the raw tensor followed by
 the transforms as nodes, once per read, in the order the forward reads them; its ``training`` is a
 property that notes the read. A module whose forward reads the mode (BatchNorm, dropout) or cannot
@@ -30,8 +30,8 @@ from fxpass._common import join_path, tensor_names, where
 from fxpass.ops import Opaque, parametrized
 from fxpass.reading import install_eager_forward
 from fxpass.record import KeptCall, Rewrite
-from fxpass.shells import Patched, ShellTree, keep_reads
-from fxpass.transforms import TransformEmitter, describe, refuse_autograd_functions
+from fxpass._shells import Patched, ShellTree, keep_reads
+from fxpass._transforms import TransformEmitter, describe, refuse_autograd_functions
 
 __all__ = ["ACTIVATIONS", "PatchTracer"]
 
@@ -190,7 +190,7 @@ def _inlinable(m: nn.Module) -> bool:
 
 
 class PatchTracer(torch.fx.Tracer):
-    """A torch.fx Tracer over a :class:`~fxpass.shells.ShellTree`.
+    """A torch.fx Tracer over a :class:`~fxpass._shells.ShellTree`.
 
     Args:
         tree: the copied module tree to trace.

@@ -10,7 +10,7 @@ from typing import Any, Callable, Literal, Union
 import torch.fx
 import torch.nn as nn
 
-from fxpass.codegen import ENTRY_ATTRIBUTE, GRAPH_MODE_ATTRIBUTE, MODES_ATTRIBUTE
+from fxpass._codegen import ENTRY_ATTRIBUTE, GRAPH_MODE_ATTRIBUTE, MODES_ATTRIBUTE
 from fxpass.errors import EntryGuardError, InvalidModelError, ReadsModeError, UntraceableModelError
 from fxpass.compiled import (
     CODE_STYLES,
@@ -23,7 +23,7 @@ from fxpass.compiled import (
 )
 from fxpass._common import join_path
 from fxpass.saved import LoadTracer
-from fxpass.patches import find_patch_stack
+from fxpass._patches import find_patch_stack
 from fxpass.reading import install_eager_forward
 from fxpass.record import (
     RECORD_ATTRIBUTE,
@@ -33,8 +33,8 @@ from fxpass.record import (
     ScopeRecord,
     find_record,
 )
-from fxpass.shells import build_shells, has_patch, remap_references, shell_of
-from fxpass.tracer import PatchTracer
+from fxpass._shells import build_shells, has_patch, remap_references, shell_of
+from fxpass._tracer import PatchTracer
 
 __all__ = ["compile", "records"]
 
@@ -90,7 +90,7 @@ def compile(  # noqa: A001 - the library's verb, like torch.compile
             replaces and keeps its plain attributes. A matching module torch.fx cannot trace runs
             eagerly, as in module scope. The default, None, gives one flat graph.
         code: the generated forward of every compiled graph: ``"walks"`` reaches tensors and
-            modules through the tree's dictionaries (:mod:`fxpass.codegen`, faster on models of
+            modules through the tree's dictionaries (:mod:`fxpass._codegen`, faster on models of
             small layers), ``"fx"`` is torch.fx's own code (attribute lookups). Both compute the
             same outputs; ``"fx"`` sees a class patch applied to a compiled module after the
             compile without a ``recompile()``.
