@@ -16,7 +16,6 @@ import contextlib
 import contextvars
 import dataclasses
 import inspect
-import weakref
 from typing import Any, Callable, Iterator
 
 import torch
@@ -27,6 +26,7 @@ from torch.nn.utils import parametrize as _parametrize
 from fxpass.errors import CachedInsideTrace as _CachedInsideTrace
 from fxpass.errors import FxpassError, ReadsModeError, UnsupportedPatchError, UntraceableModelError
 from fxpass._common import join_path, tensor_names, where
+from fxpass._provenance import Provenance
 from fxpass.ops import Opaque, parametrized
 from fxpass.reading import install_eager_forward
 from fxpass.record import KeptCall, Rewrite
@@ -105,45 +105,6 @@ def _restore_namespace(namespace: dict[str, Any], before: dict[str, Any]) -> Non
             namespace[name] = value
 
 
-class _Provenance(torch.overrides.TorchFunctionMode):
-    """While tracing, the real tensors computed from the tree's parameters and buffers.
-
-    torch.fx records operations on proxies; an operation on a real parameter (reached through
-    ``module._parameters``, say) runs eagerly, and its result would become a constant of the
-    graph: frozen, and silently so when it needs no gradient. Such results are noted here, so
-    the tracer can refuse them.
-    """
-
-    def __init__(self, sources: list[torch.Tensor]) -> None:
-        super().__init__()
-        self._derived: dict[int, weakref.ref] = {id(t): weakref.ref(t) for t in sources}
-
-    def derived(self, tensor: torch.Tensor) -> bool:
-        """Whether ``tensor`` was computed (while tracing) from a parameter or buffer."""
-        ref = self._derived.get(id(tensor))
-        return ref is not None and ref() is tensor
-
-    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        if any(isinstance(a, torch.Tensor) and self.derived(a) for a in _leaves((args, kwargs))):
-            for value in _leaves(out):
-                if isinstance(value, torch.Tensor):
-                    self._derived[id(value)] = weakref.ref(value)
-        return out
-
-
-def _leaves(value: Any) -> Iterator[Any]:
-    if isinstance(value, (tuple, list)):
-        for item in value:
-            yield from _leaves(item)
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _leaves(item)
-    else:
-        yield value
-
-
 def _get_training(self: nn.Module) -> bool:
     tracer = _ACTIVE.get()
     if tracer is not None:
@@ -210,7 +171,7 @@ class PatchTracer(torch.fx.Tracer):
         self.eager_calls: list[tuple[nn.Module, tuple[Patched, ...]]] = []
         self._scopes: list[_Scope] = []
         self._tensor_names: dict[int, str] = {}
-        self._provenance = _Provenance([])
+        self._provenance = Provenance([])
         #: paths of the modules (not the root) whose mode the root's forward read (trace_tree)
         self.mode_reads: tuple[str, ...] = ()
         self._emitter = TransformEmitter(self)
@@ -230,7 +191,7 @@ class PatchTracer(torch.fx.Tracer):
         root = self.tree.root
         self._tensor_names = tensor_names(root)
         scope = _Scope(root, "")
-        self._provenance = _Provenance([*root.parameters(), *root.buffers()])
+        self._provenance = Provenance([*root.parameters(), *root.buffers()])
         with self._dressed(mode), refuse_autograd_functions(), self._provenance:
             self._scopes.append(scope)
             try:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import io
 import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -24,8 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from fxpass._trajectory import LossFn, OptimizerFactory, Settings, Trajectory, rng_restored, row, train
-from fxpass.comparison import error_text, flat, flatten, listing
+from fxpass import _probes
+from fxpass._trajectory import LossFn, OptimizerFactory, Settings, Trajectory, rng_restored, train
+from fxpass.comparison import error_text, flatten, listing
 from fxpass.errors import ExampleInputsError, InvalidModelError, ParityArgumentError
 from fxpass.parity_report import ParityReport, ParityRow
 from fxpass.record import record_totals, scope_record
@@ -47,7 +47,7 @@ __all__ = [
 #: The modes :func:`check` can run a trajectory in.
 MODES: tuple[str, ...] = ("train", "eval")
 #: The optional probes :func:`check` knows.
-PROBES: tuple[str, ...] = ("export", "dynamo", "script")
+PROBES: tuple[str, ...] = tuple(_probes.PROBES)
 
 Candidate = nn.Module | Callable[[nn.Module], nn.Module] | None
 
@@ -173,11 +173,11 @@ def check(
         runs = [_mode_trajectory(setup, mode, steps) for mode in modes]
         rows = [r for trajectory, _ in runs for r in trajectory.rows]
         setup.settings.tell("save/load")
-        rows += _save_load(setup.settings, runs[-1][1])
+        rows += _probes.save_load(setup.settings, runs[-1][1])
         graph_breaks = None
         for probe in probes:
             setup.settings.tell(f"probe {probe}")
-            probed, breaks = _PROBES[probe](setup)
+            probed, breaks = _probes.PROBES[probe](setup.build_candidate, setup.settings)
             rows.append(probed)
             graph_breaks = breaks if breaks is not None else graph_breaks
     return _report(
@@ -369,89 +369,6 @@ def _mode_trajectory(setup: _Setup, mode: str, steps: int) -> tuple[Trajectory, 
     reference = setup.reference()
     candidate = setup.build_candidate()
     return train(setup.settings, reference, candidate, (mode,) * steps, mode), candidate
-
-
-def _save_load(settings: Settings, candidate: nn.Module) -> list[ParityRow]:
-    """``torch.save`` / ``torch.load`` of the candidate: the reloaded copy's state and output."""
-    buffer = io.BytesIO()
-    try:
-        torch.save(candidate, buffer)
-        buffer.seek(0)
-        loaded = torch.load(buffer, weights_only=False)
-    except Exception as e:  # noqa: BLE001 - a failing candidate is a failing row
-        return [row("save_load/output", passed=False, detail=f"torch.save/torch.load failed: {error_text(e)}")]
-    candidate.eval()
-    loaded.eval()
-    rows = [row("save_load/state_dict", settings.compare(candidate.state_dict(), loaded.state_dict()))]
-    try:
-        outputs = _eval_outputs(settings, candidate, loaded)
-    except Exception as e:  # noqa: BLE001 - a failing candidate is a failing row
-        return [*rows, row("save_load/output", passed=False, detail=f"reloaded candidate raised {error_text(e)}")]
-    return [*rows, row("save_load/output", settings.compare(*outputs))]
-
-
-def _eval_outputs(settings: Settings, *modules: nn.Module) -> list[dict[str, Any]]:
-    """Each module's output, without gradients, after the same seed."""
-    outputs = []
-    for module in modules:
-        settings.seed_for(0)
-        with torch.no_grad():
-            outputs.append(flat(settings.call(module), "output"))
-    return outputs
-
-
-# -- probes: name -> (setup) -> (row, graph breaks or None) ----------------------------------------
-
-
-def _converted(convert: Callable[[nn.Module, Settings], nn.Module], name: str) -> Callable[[_Setup], tuple[ParityRow, None]]:
-    """A probe that converts the candidate and compares the result's outputs with the candidate's."""
-
-    def probe(setup: _Setup) -> tuple[ParityRow, None]:
-        try:
-            candidate = setup.build_candidate().eval()
-            outputs = _eval_outputs(setup.settings, candidate, convert(candidate, setup.settings))
-        except Exception as e:  # noqa: BLE001 - a failing candidate is a failing row
-            return row(name, passed=False, detail=error_text(e)), None
-        return row(name, setup.settings.compare(*outputs)), None
-
-    return probe
-
-
-def _exported(candidate: nn.Module, settings: Settings) -> nn.Module:
-    args, kwargs = settings.fresh_inputs()
-    return torch.export.export(candidate, tuple(args), kwargs).module()
-
-
-def _scripted(candidate: nn.Module, settings: Settings) -> nn.Module:
-    return torch.jit.script(candidate)
-
-
-def _dynamo(setup: _Setup) -> tuple[ParityRow, int | None]:
-    """``torch._dynamo.explain`` runs on the candidate; its graph breaks are reported, not failed."""
-    from torch import _dynamo
-
-    try:
-        candidate = setup.build_candidate().eval()
-        _dynamo.reset()
-        try:
-            setup.settings.seed_for(0)
-            args, kwargs = setup.settings.fresh_inputs()
-            explained = _dynamo.explain(candidate)(*args, **kwargs)
-        finally:
-            _dynamo.reset()
-    except Exception as e:  # noqa: BLE001 - a failing candidate is a failing row
-        return row("probe/dynamo", passed=False, detail=error_text(e)), None
-    reasons = "".join(f"; first break: {b.reason}" for b in explained.break_reasons[:1])
-    detail = f"{explained.graph_count} graph(s), {explained.graph_break_count} graph break(s){reasons}"
-    return row("probe/dynamo", passed=True, detail=detail), explained.graph_break_count
-
-
-_PROBES: dict[str, Callable[[_Setup], tuple[ParityRow, int | None]]] = {
-    "export": _converted(_exported, "probe/export"),
-    "dynamo": _dynamo,
-    "script": _converted(_scripted, "probe/script"),
-}
-assert tuple(_PROBES) == PROBES
 
 
 # -- the report ------------------------------------------------------------------------------------
