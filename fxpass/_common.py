@@ -6,13 +6,15 @@ which names, and where the first proxy of a nested value is.
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import torch
 import torch.fx
 import torch.nn as nn
 
-__all__ = ["first_proxy", "join_path", "owner_of", "tensor_names", "where"]
+__all__ = ["first_proxy", "join_path", "moved_names", "owner_of", "tensor_names", "where"]
 
 
 def where(path: str, module: object) -> str:
@@ -70,3 +72,34 @@ def first_proxy(values: Any) -> torch.fx.Proxy | None:
 
     torch.fx.node.map_aggregate(values, visit)
     return found[0] if found else None
+
+
+def moved_names(
+    module: str, home: str, *, names: Collection[str] | None = None, renamed: Mapping[str, str] | None = None
+) -> Callable[[str], Any]:
+    """A module ``__getattr__`` for names that moved from ``module`` to ``home``, which models
+    saved before the move name by their old path (pickle looks them up as attributes).
+
+    Args:
+        module: the old module's name (its ``__name__``).
+        home: the module the names live in now, imported at the first lookup (so the two may
+            import each other).
+        names: the old names that moved (None: any name ``home`` has).
+        renamed: old name -> its name in ``home``, where it changed.
+
+    Example:
+        >>> lookup = moved_names("old", "os.path", names=("joined",), renamed={"joined": "join"})
+        >>> lookup("joined")("a", "b") == __import__("os").path.join("a", "b")
+        True
+    """
+    renamed = dict(renamed or {})
+
+    def __getattr__(name: str) -> Any:
+        if names is None or name in names:
+            try:
+                return getattr(importlib.import_module(home), renamed.get(name, name))
+            except AttributeError:
+                pass
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+
+    return __getattr__

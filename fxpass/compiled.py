@@ -25,10 +25,9 @@ import torch.fx
 import torch.nn as nn
 
 from fxpass import reading
-from fxpass._common import where
+from fxpass._common import moved_names, where
 from fxpass._codegen import ENTRY_ATTRIBUTE, FX_FORWARD, GRAPH_MODE_ATTRIBUTE, MODES_ATTRIBUTE, fx_forward, walk_code
 from fxpass.errors import NotScriptableError, UntraceableModelError
-from fxpass import saved
 from fxpass.saved import GENERATED, NODES, ClassByValue, NodeList, Preserved, check_transform_modules_pickle
 
 __all__ = [
@@ -513,9 +512,8 @@ def _rebuild_compiled(
     return gm
 
 
-def __getattr__(name: str) -> Any:
-    # Models saved before the pickle format moved to fxpass.saved name its classes here.
-    moved = {"_NodeList": "NodeList", "_Ref": "Ref", "_ClassByValue": "ClassByValue"}.get(name, name)
-    if moved not in ("NodeList", "Ref", "ClassByValue", "LoadTracer"):
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(saved, moved)
+# Models saved before the pickle format moved to fxpass.saved name its classes here.
+__getattr__ = moved_names(
+    __name__, "fxpass.saved", names=("_NodeList", "_Ref", "_ClassByValue", "LoadTracer"),
+    renamed={"_NodeList": "NodeList", "_Ref": "Ref", "_ClassByValue": "ClassByValue"},
+)  # fmt: skip

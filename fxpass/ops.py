@@ -16,7 +16,7 @@ import torch.fx
 import torch.nn as nn
 
 from fxpass import reading
-from fxpass._common import first_proxy, owner_of
+from fxpass._common import first_proxy, moved_names, owner_of
 
 __all__ = [
     "ByValue",
@@ -187,12 +187,6 @@ class Opaque(nn.Module):
         super().__setstate__(state)
 
 
-def __getattr__(name: str) -> Any:
-    # Models saved before the compiled GraphModule moved to fxpass.compiled name its classes and
-    # functions here (fxpass.ops._rebuild_compiled, fxpass.ops.Preserved, ...).
-    from fxpass import compiled
-
-    try:
-        return getattr(compiled, name)
-    except AttributeError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+# Models saved before the compiled GraphModule moved to fxpass.compiled name its classes and
+# functions here (fxpass.ops._rebuild_compiled, fxpass.ops.Preserved, ...).
+__getattr__ = moved_names(__name__, "fxpass.compiled")

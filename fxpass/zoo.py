@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 import torch.nn as nn
 
-from fxpass import zoo_models
+from fxpass._common import moved_names
 from fxpass.zoo_models import (
     MLP,
     AuxHead,
@@ -194,11 +194,7 @@ def get(name: str) -> ZooEntry:
     raise KeyError(f"no zoo model {name!r}; choose one of {', '.join(e.name for e in ZOO)}")
 
 
-def __getattr__(name: str) -> Any:
-    # Models saved before the models and transforms moved to fxpass.zoo_models name them here
-    # (fxpass.zoo.soft_clip, fxpass.zoo.LearnedScale, fxpass.zoo._detach_pruned_weight, ...); the
-    # models of the entry table are imported above.
-    try:
-        return getattr(zoo_models, name)
-    except AttributeError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+# Models saved before the models and transforms moved to fxpass.zoo_models name them here
+# (fxpass.zoo.soft_clip, fxpass.zoo.LearnedScale, fxpass.zoo._detach_pruned_weight, ...); the
+# models of the entry table are imported above.
+__getattr__ = moved_names(__name__, "fxpass.zoo_models")
