@@ -101,8 +101,10 @@ def is_default_leaf(cls: type) -> bool:
 _CONTAINER_TYPES = frozenset((dict, OrderedDict, set, list))
 
 
-def _local(fn: Any) -> bool:
-    return isinstance(fn, types.FunctionType) and "<locals>" in fn.__qualname__
+def _by_value(fn: Any) -> bool:
+    """Whether ``fn`` is a function plain pickle cannot save by name (one defined in a function,
+    a lambda): the copy holds it wrapped in :class:`~fxpass.ops.ByValue`."""
+    return isinstance(fn, types.FunctionType) and ("<locals>" in fn.__qualname__ or not picklable_by_reference(fn))
 
 
 def _hook_containers(namespace: dict[str, Any]) -> Iterable[dict[Any, Any]]:
@@ -112,15 +114,15 @@ def _hook_containers(namespace: dict[str, Any]) -> Iterable[dict[Any, Any]]:
 
 def _rebind_hooks(shell: nn.Module, namespace: dict[str, Any], module: nn.Module) -> None:
     """Point hooks that receive their module, or are bound methods of it, at the shell, and make
-    local hook functions pickleable, so the compiled model pickles wherever the runtime one needed
+    hook functions pickle cannot save by name (local ones, lambdas) pickleable, so the compiled model pickles wherever the runtime one needed
     only state_dict."""
     for hooks in _hook_containers(namespace):
         for key, hook in hooks.items():
             if isinstance(hook, _WrappedHook):
                 fn = _remap_function(hook.hook, {id(module): shell})
-                fn = ByValue(fn) if _local(fn) else fn
+                fn = ByValue(fn) if _by_value(fn) else fn
                 hooks[key] = _WrappedHook(fn, shell if hook.with_module else None)
-            elif _local(hook):
+            elif _by_value(hook):
                 hooks[key] = ByValue(hook)
             else:
                 hooks[key] = _remap_function(hook, {id(module): shell})
@@ -252,9 +254,9 @@ def _picklable_copy(module: nn.Module, memo: dict[int, nn.Module]) -> nn.Module:
     memo[key] = module  # (guards against cycles)
     children = {name: _picklable_copy(child, memo) for name, child in module._modules.items() if child is not None}
     namespace = module.__dict__
-    local = [name for name, value in namespace.items() if _local(value) or _unpicklable_lambda(value)]
+    local = [name for name, value in namespace.items() if _by_value(value)]
     local_hooks = any(
-        _local(getattr(hook, "hook", hook)) for hooks in _hook_containers(namespace) for hook in hooks.values()
+        _by_value(getattr(hook, "hook", hook)) for hooks in _hook_containers(namespace) for hook in hooks.values()
     )
     if not local and not local_hooks and all(children[name] is module._modules[name] for name in children):
         return module
@@ -264,10 +266,6 @@ def _picklable_copy(module: nn.Module, memo: dict[int, nn.Module]) -> nn.Module:
     copied._modules.update(children)
     memo[key] = copied
     return copied
-
-
-def _unpicklable_lambda(value: Any) -> bool:
-    return isinstance(value, types.FunctionType) and value.__name__ == "<lambda>" and not picklable_by_reference(value)
 
 
 def build_shells(

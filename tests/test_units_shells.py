@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
+import fxpass
 from fxpass.errors import InvalidModelError, UnsupportedPatchError
 from fxpass._common import join_path
 from fxpass._patches import Layer, find_patch_stack
@@ -306,3 +307,19 @@ def test_local_hooks_become_picklable() -> None:
     loaded = pickle.loads(pickle.dumps(build_shells(model).root))
     (hook,) = loaded[0]._forward_hooks.values()
     assert hook(None, (), "out") == "out"
+
+
+_DOUBLE = lambda module, inputs, output: output * 2  # noqa: E731 - a module-level lambda: pickle cannot find it
+
+
+@pytest.mark.parametrize("scope", ["model", "module"])
+def test_module_level_lambda_hooks_become_picklable(scope: str) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(imitate(nn.Linear(3, 3), "halve", halve), nn.Linear(3, 2))
+    model[0].register_forward_hook(_DOUBLE)
+    model[1].register_forward_pre_hook(lambda module, args: (args[0] + 1,))
+    with pytest.raises((pickle.PicklingError, AttributeError)):
+        pickle.dumps(model)
+    loaded = pickle.loads(pickle.dumps(fxpass.compile(model, scope=scope)))
+    x = torch.randn(4, 3)
+    assert torch.equal(loaded(x), model(x))
