@@ -140,7 +140,7 @@ class CompiledGraphModule(torch.fx.GraphModule):
             class_name: the result's class name.
             training: the result's mode.
             preserved: more attributes to keep through copies and pickles (see :meth:`preserve`).
-            codegen: the code generator (default: :class:`fxpass._codegen.DictWalkCodeGen` for a
+            codegen: the code generator (default: :class:`DictWalkCodeGen` for a
                 graph with torch.fx's plain generator; a pytree one, from ``concrete_args``, stays).
             base: for a compiled part, the class of the module it stands in for: the result is
                 then an instance of :func:`part_class` of it.

@@ -463,7 +463,7 @@ SAVED = sorted((Path(__file__).parent / "data").glob("saved-*.pt"))
 def test_models_saved_by_earlier_versions_still_load(path: Path) -> None:
     """Models saved whole by fxpass before its pickle carried the graph's nodes (359395c:
     torch.fx's code, re-traced on load) and before the compiled GraphModule moved to
-    fxpass.compiled (1a1d486: the names were fxpass.ops.* and fxpass._codegen.*), and before the
+    fxpass.compiled (1a1d486: the names were fxpass.ops.* and fxpass.codegen.*), and before the
     pickle format moved to fxpass.saved (be011f9: fxpass.compiled._NodeList, ...): each loads,
     computes what it computed when it was saved, switches mode, and saves again."""
     saved = torch.load(path, weights_only=False)
