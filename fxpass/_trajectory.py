@@ -99,7 +99,10 @@ def train(settings: Settings, reference: nn.Module, candidate: nn.Module, modes:
     """One optimizer step of each model per entry of ``modes`` (``"train"`` or ``"eval"``).
 
     Rows are named ``<mode>/step<i>/<what>`` (``i`` counts from 1 along ``modes``), then
-    ``<end>/param_names`` and ``<end>/state_dict/...`` after the last step.
+    ``<end>/param_names`` and ``<end>/state_dict/...`` after the last step. Both models are
+    switched to a step's mode where it differs from the step before (before the first step, to
+    its mode), as a training loop switches: a forward that changes a module's mode is seen by the
+    next step of the same mode.
     """
     ran = Trajectory()
     optimizers: tuple[torch.optim.Optimizer | None, torch.optim.Optimizer | None] | None = None
@@ -108,7 +111,8 @@ def train(settings: Settings, reference: nn.Module, candidate: nn.Module, modes:
         prefix = f"{mode}/step{step}"
         settings.tell(f"{mode} step {step}/{len(modes)}")
         for module in (reference, candidate):
-            module.train(mode == "train")
+            if step == 1 or modes[step - 2] != mode:
+                module.train(mode == "train")
             for parameter in module.parameters():
                 parameter.grad = None
         inputs_r, inputs_c = settings.fresh_inputs(), settings.fresh_inputs()

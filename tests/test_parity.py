@@ -300,6 +300,58 @@ def test_check_fails_on_an_output_that_requires_grad_where_the_reference_does_no
     assert check(_frozen_net(), inputs(), candidate=frozen_candidate, steps=1).ok
 
 
+class SwitchesToEval(nn.Module):
+    """Its forward uses its dropout, then (with ``switch``) turns it off for the next call."""
+
+    def __init__(self, switch: bool = True) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(4, 5)
+        self.drop = nn.Dropout(0.5)
+        self.switch = switch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.drop(self.fc(x))
+        if self.switch:
+            self.drop.eval()
+        return y
+
+
+def _not_switching(model: nn.Module) -> nn.Module:
+    candidate = SwitchesToEval(switch=False)
+    candidate.load_state_dict(model.state_dict())
+    return candidate
+
+
+def test_check_sets_the_mode_once_per_trajectory_so_a_forward_that_changes_it_is_seen() -> None:
+    # Setting the mode before every step would hide what the reference's forward did to it.
+    report = check(SwitchesToEval(), inputs(), candidate=_not_switching, steps=2, modes=("train",))
+    assert failing_names(report)[0] == "train/step2/output"
+    assert "train/step1/output" not in failing_names(report)
+
+
+class TrainOnlyHead(nn.Module):
+    """Its own forward reads self.training (compiled once per mode): the head runs in training only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = imitate(nn.Linear(4, 4), "halving", halve)
+        self.head = imitate(nn.Linear(4, 4), "halving", halve)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.body(x)
+        return self.head(x) if self.training else x
+
+
+def test_check_reports_the_record_of_the_mode_the_model_was_compiled_in() -> None:
+    model = TrainOnlyHead().eval()
+    expected = fxpass.record_of(fxpass.compile(copy.deepcopy(model))).counts()
+    assert expected["inlined"] == 2  # the eval graph reads the body's weight and bias only
+    report = check(model, inputs(), steps=1)  # (trajectories in train, then eval)
+    assert report.ok and report.compile_counts == expected
+
+
 def test_side_by_side_trains_the_given_pair_in_place_across_modes() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(imitate(nn.Linear(4, 5), "halving", halve), nn.BatchNorm1d(5), nn.Dropout(0.5))
