@@ -28,7 +28,7 @@ from fxpass._trajectory import LossFn, OptimizerFactory, Settings, Trajectory, r
 from fxpass.comparison import error_text, flatten, listing
 from fxpass.errors import ExampleInputsError, InvalidModelError, ParityArgumentError
 from fxpass.parity_report import ParityReport, ParityRow
-from fxpass.record import record_totals, scope_record
+from fxpass.record import CompileRecord, record_totals, scope_record
 from fxpass._rewrite import compile as fxpass_compile
 from fxpass._rewrite import records
 
@@ -171,9 +171,9 @@ def check(
     with rng_restored():
         _preflight(setup)
         runs = [_mode_trajectory(setup, mode, steps) for mode in modes]
-        rows = [r for trajectory, _ in runs for r in trajectory.rows]
+        rows = [r for run in runs for r in run.trajectory.rows]
         setup.settings.tell("save/load")
-        rows += _probes.save_load(setup.settings, runs[-1][1])
+        rows += _probes.save_load(setup.settings, runs[-1].candidate)
         graph_breaks = None
         for probe in probes:
             setup.settings.tell(f"probe {probe}")
@@ -181,8 +181,8 @@ def check(
             rows.append(probed)
             graph_breaks = breaks if breaks is not None else graph_breaks
     return _report(
-        setup.settings, name, setup.candidate_label, rows, modes, steps, runs[0][1], [t for t, _ in runs],
-        graph_breaks=graph_breaks,
+        setup.settings, name, setup.candidate_label, rows, modes, steps, runs[0].compiled,
+        [run.trajectory for run in runs], graph_breaks=graph_breaks,
     )  # fmt: skip
 
 
@@ -256,11 +256,12 @@ def side_by_side(
             "model's tensors: compile a deep copy of the model (fxpass.compile(copy.deepcopy(model)))"
         )
     settings = _settings(name, example_inputs, example_kwargs, loss_fn, optimizer, atol, rtol, seed, None)
+    compiled = _Compiled.of(candidate)
     with rng_restored():
         trajectory = train(settings, reference, candidate, sequence, "end")
     label = f"{type(candidate).__name__} (given)"
     return _report(
-        settings, name, label, trajectory.rows, tuple(dict.fromkeys(sequence)), len(sequence), candidate, [trajectory]
+        settings, name, label, trajectory.rows, tuple(dict.fromkeys(sequence)), len(sequence), compiled, [trajectory]
     )
 
 
@@ -364,11 +365,33 @@ def _preflight(setup: _Setup) -> None:
         raise setup.settings.inputs_error(e, "") from e
 
 
-def _mode_trajectory(setup: _Setup, mode: str, steps: int) -> tuple[Trajectory, nn.Module]:
-    """``steps`` steps in ``mode`` on a fresh reference and candidate; the rows, and the candidate."""
+@dataclasses.dataclass(frozen=True)
+class _Compiled:
+    """What the candidate's compile records say, read when it was built (a model traced once
+    per mode swaps its record with its mode)."""
+
+    records: dict[str, CompileRecord]
+    scope: str | None
+
+    @staticmethod
+    def of(candidate: nn.Module) -> _Compiled:
+        found = records(candidate)
+        return _Compiled(found, "module" if scope_record(candidate) is not None else "model" if found else None)
+
+
+@dataclasses.dataclass(frozen=True)
+class _ModeRun:
+    trajectory: Trajectory
+    candidate: nn.Module
+    compiled: _Compiled
+
+
+def _mode_trajectory(setup: _Setup, mode: str, steps: int) -> _ModeRun:
+    """``steps`` steps in ``mode`` on a fresh reference and candidate."""
     reference = setup.reference()
     candidate = setup.build_candidate()
-    return train(setup.settings, reference, candidate, (mode,) * steps, mode), candidate
+    compiled = _Compiled.of(candidate)
+    return _ModeRun(train(setup.settings, reference, candidate, (mode,) * steps, mode), candidate, compiled)
 
 
 # -- the report ------------------------------------------------------------------------------------
@@ -381,13 +404,12 @@ def _report(
     rows: list[ParityRow],
     modes: tuple[str, ...],
     steps: int,
-    candidate: nn.Module,
+    compiled: _Compiled,
     trajectories: list[Trajectory],
     *,
     graph_breaks: int | None = None,
 ) -> ParityReport:
-    found = records(candidate)
-    scope = "module" if scope_record(candidate) is not None else "model" if found else None
+    found = compiled.records
     return ParityReport(
         model=name,
         candidate=label,
@@ -402,7 +424,7 @@ def _report(
         kept_calls=sum(len(r.kept_calls) for r in found.values()) if found else None,
         time_ratio=_time_ratio(trajectories),
         graph_breaks=graph_breaks,
-        scope=scope,
+        scope=compiled.scope,
     )
 
 
