@@ -71,6 +71,8 @@ class _Scope:
     path: str
     #: the modules whose ``training`` its forward read, by id
     mode_reads: dict[int, nn.Module] = dataclasses.field(default_factory=dict)
+    #: the modules whose ``training`` its forward set (``self.drop.eval()``), by id
+    mode_writes: dict[int, nn.Module] = dataclasses.field(default_factory=dict)
     #: parametrize.cached() nesting when its forward started
     cache_level: int = dataclasses.field(default_factory=_cache_level)
 
@@ -113,6 +115,9 @@ def _get_training(self: nn.Module) -> bool:
 
 
 def _set_training(self: nn.Module, mode: bool) -> None:
+    tracer = _ACTIVE.get()
+    if tracer is not None:
+        tracer.note_training_write(self)
     self.__dict__["training"] = mode
 
 
@@ -215,6 +220,13 @@ class PatchTracer(torch.fx.Tracer):
             # would import by name when the GraphModule is pickled.
             if isinstance(node.type, str):
                 node.type = None
+        if scope.mode_writes:
+            reason = f"its forward sets the mode of {self._named(scope.mode_writes)}"
+            raise UntraceableModelError(
+                f"the model ({type(root).__name__}): {reason}, which a graph would not replay (the "
+                "next call would run in the mode it was traced in); compile with scope='module', "
+                "where the model's own forward runs as it is"
+            ).because(reason)
         if scope.reads_training and mode is None:
             raise ReadsModeError(
                 f"the forward of the model ({type(root).__name__}) reads self.training, so its "
@@ -352,13 +364,15 @@ class PatchTracer(torch.fx.Tracer):
             failure = error
         finally:
             self._scopes.pop()
-        if failure is None and not scope.reads_training:
+        if failure is None and not scope.reads_training and not scope.mode_writes:
             return out
         self.rollback(mark)
         if isinstance(failure, _CachedInsideTrace):
             reason = failure.reason or str(failure)
         elif failure is not None:
             reason = f"its forward cannot be traced ({type(failure).__name__}: {failure})"
+        elif scope.mode_writes:  # (a graph would not replay the write: run the forward as it is)
+            reason = f"its forward sets the mode of {self._named(scope.mode_writes)}"
         else:
             reason = "its forward reads self.training"
         return self._keep_call(m, path, args, kwargs, reason)
@@ -369,6 +383,16 @@ class PatchTracer(torch.fx.Tracer):
         """Called by a shell's ``training`` property."""
         if self._scopes:
             self._scopes[-1].mode_reads[id(module)] = module
+
+    def note_training_write(self, module: nn.Module) -> None:
+        """Called by a shell's ``training`` setter (``module.train()``, ``module.eval()``)."""
+        if self._scopes:
+            self._scopes[-1].mode_writes[id(module)] = module
+
+    def _named(self, modules: dict[int, nn.Module]) -> str:
+        """The paths of ``modules`` for a message (the first few)."""
+        paths = [self.tree.paths.get(key, type(m).__name__) or "the model" for key, m in modules.items()]
+        return ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
 
     def read_patched(self, shell: nn.Module, attribute: str) -> Any:
         """Emit the nodes computing ``shell.<attribute>`` as the runtime patch would."""

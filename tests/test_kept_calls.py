@@ -228,3 +228,50 @@ def test_freeze_evaluates_the_reads_of_a_kept_call_once_and_scripts() -> None:
     assert torch.equal(frozen(x), model(x))
     assert not any(reading.reads_exactly(m) or reading.has_eager_forward(m) for m in frozen.modules())
     assert torch.equal(torch.jit.script(frozen)(x), model(x))
+
+
+class _SwitchesToEval(nn.Module):
+    """Its forward uses its dropout, then switches it to eval: the next call runs without it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = imitate(nn.Linear(4, 4), "halve", halve)
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.drop(self.fc(x))
+        self.drop.eval()
+        return y
+
+
+class _AroundSwitch(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = _SwitchesToEval()
+        self.head = imitate(nn.Linear(4, 2), "halve", halve)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(x))
+
+
+def test_a_forward_that_sets_a_mode_is_kept_as_a_call() -> None:
+    # A graph would not replay `self.drop.eval()`: the compiled model's dropout would stay on.
+    torch.manual_seed(0)
+    model = _AroundSwitch()
+    gm = compile_copy(model)
+    (kept,) = fxpass.record_of(gm).kept_calls
+    assert (kept.module, kept.reason) == ("block", "its forward sets the mode of block.drop")
+    # (side_by_side switches the models' mode only between steps of different modes)
+    steps_side_by_side(model, gm, (torch.randn(3, 4),), ("train", "train", "eval", "train", "train"))
+    assert not gm.get_submodule("block.drop").training
+
+
+def test_a_model_whose_own_forward_sets_a_mode_is_refused_at_model_scope() -> None:
+    torch.manual_seed(0)
+    model = _SwitchesToEval()
+    with pytest.raises(fxpass.UntraceableModelError, match=r"the model \(_SwitchesToEval\): its forward sets the mode of drop, .*scope='module'"):
+        fxpass.compile(model)
+    assert model.drop.training  # (nothing of the model changed)
+    gm = fxpass.compile(copy.deepcopy(model), scope="auto")
+    assert fxpass.scope_record(gm) is not None
+    steps_side_by_side(model, gm, (torch.randn(3, 4),), ("train", "train", "eval", "train"))
