@@ -139,8 +139,9 @@ class TransformTrace:
 
     Tracing a function on a proxy records the same nodes whatever tensor the proxy stands for, so a
     transform applied to a hundred weights is traced once and its nodes copied 99 times. Only a
-    trace that depends on nothing but its input is kept: one that read other patched tensors, or
-    returned anything but a proxy, is traced anew each time. ``template`` is None for a function
+    trace that depends on nothing but its input is kept: one that added to the tracer's record
+    (read other patched tensors, kept a call, inlined an activation), or returned anything but a
+    proxy, is traced anew each time, so the record lists every read. ``template`` is None for a function
     that could not be traced (it is opaque at every read).
     """
 

@@ -16,7 +16,7 @@ import torch.fx
 import torch.nn as nn
 
 import fxpass
-from fxpass import saved
+from fxpass import compiled, saved
 from fxpass._codegen import attribute_chain, dict_walk
 from imitation_runtime import imitate
 from tests.support import zoo_params
@@ -185,7 +185,8 @@ def test_a_graph_with_pytree_code_pickles_as_torch_fx_code_and_loads_with_the_fa
     model = _Dict()
     PH = torch.fx._symbolic_trace.PH
     gm = fxpass.compile(model, concrete_args={"inputs": {"a": PH, "b": PH}})
-    assert saved.NodeList.of(gm.graph) is None
+    assert saved.NodeList.of(gm.graph, compiled.PLAIN_CODEGENS) is None
+    assert saved.NodeList.of(fxpass.compile(_Dict(), code="fx").graph, compiled.PLAIN_CODEGENS) is not None
     _rebuild, (_reduce, (body, _imports), *_rest) = gm.__reduce__()
     assert "self.lin.weight" in body["_code"]
     assert "_modules[" not in body["_code"]
