@@ -2,30 +2,14 @@
 
 Models saved by fxpass at 1a1d486 name ``fxpass.codegen.DictWalkCodeGen``, which is
 :class:`fxpass.compiled.DictWalkCodeGen` now; the dictionary-walk text surgery this module held
-(:func:`dict_walk`, :func:`attribute_chain`, ...) is internal now, in ``fxpass._codegen``, and
-its names stay importable from here as they were.
+(``dict_walk``, ``attribute_chain``, ...) is internal now, in ``fxpass._codegen``, and its names
+stay importable from here as they were.
 """
 
-from fxpass._codegen import (
-    ENTRY_ATTRIBUTE,
-    FX_FORWARD,
-    GRAPH_MODE_ATTRIBUTE,
-    MODES_ATTRIBUTE,
-    attribute_chain,
-    dict_walk,
-    fx_forward,
-    walk_code,
-)
+from fxpass import _codegen
+from fxpass._common import moved_names
 from fxpass.compiled import DictWalkCodeGen
 
-__all__ = [
-    "DictWalkCodeGen",
-    "ENTRY_ATTRIBUTE",
-    "FX_FORWARD",
-    "GRAPH_MODE_ATTRIBUTE",
-    "MODES_ATTRIBUTE",
-    "attribute_chain",
-    "dict_walk",
-    "fx_forward",
-    "walk_code",
-]
+__all__ = ["DictWalkCodeGen", *_codegen.__all__]
+
+__getattr__ = moved_names(__name__, "fxpass._codegen", names=_codegen.__all__)

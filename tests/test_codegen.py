@@ -419,3 +419,14 @@ def test_code_must_be_walks_or_fx() -> None:
     model = _stack()
     with pytest.raises(fxpass.InvalidModelError, match="code must be 'walks' or 'fx', got 'python'"):
         fxpass.compile(model, code="python")
+
+
+def test_fxpass_codegen_still_exports_its_names() -> None:
+    # (its code moved to the internal fxpass._codegen; code written against it keeps working)
+    import fxpass.codegen as old
+    from fxpass import _codegen
+
+    exported = ["ENTRY_ATTRIBUTE", "FX_FORWARD", "GRAPH_MODE_ATTRIBUTE", "MODES_ATTRIBUTE", "attribute_chain", "dict_walk", "fx_forward", "walk_code"]
+    assert all(getattr(old, name) is getattr(_codegen, name) for name in exported)
+    assert old.DictWalkCodeGen is compiled.DictWalkCodeGen
+    assert sorted(old.__all__) == sorted([*exported, "DictWalkCodeGen"])
