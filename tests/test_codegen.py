@@ -426,7 +426,10 @@ def test_fxpass_codegen_still_exports_its_names() -> None:
     import fxpass.codegen as old
     from fxpass import _codegen
 
-    exported = ["ENTRY_ATTRIBUTE", "FX_FORWARD", "GRAPH_MODE_ATTRIBUTE", "MODES_ATTRIBUTE", "attribute_chain", "dict_walk", "fx_forward", "walk_code"]
+    exported = [
+        "ENTRY_ATTRIBUTE", "FX_FORWARD", "GRAPH_MODE_ATTRIBUTE", "MODES_ATTRIBUTE",
+        "attribute_chain", "dict_walk", "fx_forward", "walk_code",
+    ]  # fmt: skip
     assert all(getattr(old, name) is getattr(_codegen, name) for name in exported)
     assert old.DictWalkCodeGen is compiled.DictWalkCodeGen
     assert sorted(old.__all__) == sorted([*exported, "DictWalkCodeGen"])
