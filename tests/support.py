@@ -112,6 +112,9 @@ def steps_side_by_side(
     runtime: nn.Module, compiled: nn.Module, inputs: tuple[Any, ...], modes: tuple[str, ...] = ("train", "eval", "train")
 ) -> None:
     """One optimizer step of each model per mode (fxpass.parity.side_by_side, which trains them
-    in place): outputs, gradients, parameters, buffers and state_dict bitwise equal."""
-    report = fxpass.parity.side_by_side(runtime, compiled, inputs, modes=modes)
-    assert report.ok, report.table(failures_only=True)
+    in place): outputs, gradients, parameters, buffers and state_dict bitwise equal after every
+    step (one side_by_side per step, so each sets its mode: see the kept-calls tests for a
+    forward that changes a mode between steps)."""
+    for step, mode in enumerate(modes):
+        report = fxpass.parity.side_by_side(runtime, compiled, inputs, modes=(mode,), seed=step)
+        assert report.ok, f"step {step} ({mode}):\n" + report.table(failures_only=True)

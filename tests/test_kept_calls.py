@@ -262,7 +262,8 @@ def test_a_forward_that_sets_a_mode_is_kept_as_a_call() -> None:
     (kept,) = fxpass.record_of(gm).kept_calls
     assert (kept.module, kept.reason) == ("block", "its forward sets the mode of block.drop")
     # (side_by_side switches the models' mode only between steps of different modes)
-    steps_side_by_side(model, gm, (torch.randn(3, 4),), ("train", "train", "eval", "train", "train"))
+    report = fxpass.parity.side_by_side(model, gm, (torch.randn(3, 4),), modes=("train", "train", "eval", "train", "train"))
+    assert report.ok, report.table(failures_only=True)
     assert not gm.get_submodule("block.drop").training
 
 
@@ -274,4 +275,5 @@ def test_a_model_whose_own_forward_sets_a_mode_is_refused_at_model_scope() -> No
     assert model.drop.training  # (nothing of the model changed)
     gm = fxpass.compile(copy.deepcopy(model), scope="auto")
     assert fxpass.scope_record(gm) is not None
-    steps_side_by_side(model, gm, (torch.randn(3, 4),), ("train", "train", "eval", "train"))
+    report = fxpass.parity.side_by_side(model, gm, (torch.randn(3, 4),), modes=("train", "train", "eval", "train"))
+    assert report.ok, report.table(failures_only=True)

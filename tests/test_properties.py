@@ -554,10 +554,12 @@ def check_parity(
     # (module scope returns a model without any patch as it is)
     assert isinstance(compiled, torch.fx.GraphModule) or fxpass.scope_record(compiled) is not None or compiled is model
     assert_state_equal(runtime, compiled)
-    report = fxpass.parity.side_by_side(
-        runtime, compiled, inputs, modes=modes, loss_fn=loss_of, optimizer=lambda p: torch.optim.SGD(p, lr=SGD_LR)
-    )
-    assert report.ok, report.table(failures_only=True)
+    for step, mode in enumerate(modes):  # (one side_by_side per step: state_dict compared after each)
+        report = fxpass.parity.side_by_side(
+            runtime, compiled, inputs, modes=(mode,), seed=step, loss_fn=loss_of,
+            optimizer=lambda p: torch.optim.SGD(p, lr=SGD_LR),
+        )  # fmt: skip
+        assert report.ok, f"step {step} ({mode}):\n" + report.table(failures_only=True)
     loaded = pickle.loads(pickle.dumps(compiled))
     assert_state_equal(compiled, loaded)
     for model in (runtime, compiled, loaded):
