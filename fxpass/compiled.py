@@ -30,6 +30,7 @@ from fxpass import reading
 from fxpass._common import moved_names, where
 from fxpass._codegen import ENTRY_ATTRIBUTE, FX_FORWARD, GRAPH_MODE_ATTRIBUTE, MODES_ATTRIBUTE, fx_forward, walk_code
 from fxpass.errors import NotScriptableError, UntraceableModelError
+from fxpass.record import RECORD_ATTRIBUTE
 from fxpass.saved import GENERATED, NODES, ClassByValue, NodeList, Preserved, check_transform_modules_pickle
 
 __all__ = [
@@ -241,10 +242,10 @@ class CompiledGraphModule(torch.fx.GraphModule):
     def use_mode_graph(self, mode: bool) -> None:
         """Hold the graph (and the record) of ``mode`` of a model compiled once per mode."""
         source = self.__dict__[MODES_ATTRIBUTE].of(mode)
-        record = source.__dict__.get("_fxpass_record")
+        record = source.__dict__.get(RECORD_ATTRIBUTE)
         preserved = self.meta[PRESERVED]
         preserved[INSTANCE_ATTRIBUTES][GRAPH_MODE_ATTRIBUTE] = self.__dict__[GRAPH_MODE_ATTRIBUTE] = mode
-        preserved["_fxpass_record"] = self.__dict__["_fxpass_record"] = record
+        preserved[RECORD_ATTRIBUTE] = self.__dict__[RECORD_ATTRIBUTE] = record
         self.graph = copy.deepcopy(source.graph)  # (generates the code)
 
     def share_tree(self, other: CompiledGraphModule) -> None:

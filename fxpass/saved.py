@@ -20,6 +20,7 @@ import torch.fx
 
 from fxpass._common import tensor_names, where
 from fxpass.ops import picklable_by_reference
+from fxpass.record import RECORD_ATTRIBUTE
 
 __all__ = [
     "ClassByValue",
@@ -77,7 +78,7 @@ def check_transform_modules_pickle(gm: torch.fx.GraphModule) -> None:
     Raises:
         pickle.PicklingError: a transform module (its Python state) cannot be pickled.
     """
-    record = gm.__dict__.get("_fxpass_record")
+    record = gm.__dict__.get(RECORD_ATTRIBUTE)
     targets = dict.fromkeys(
         f"{r.module}.{r.transform}".lstrip(".") for r in getattr(record, "rewrites", ()) if r.how == "module"
     )
