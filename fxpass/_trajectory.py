@@ -165,10 +165,11 @@ def train(settings: Settings, reference: nn.Module, candidate: nn.Module, modes:
 def _output_row(name: str, settings: Settings, out_r: Any, out_c: Any) -> ParityRow:
     """The outputs' values, and which of their tensors require grad: a candidate whose output
     needs a gradient where the reference's does not would train what the reference freezes."""
-    result = settings.compare(flat(out_r, "output"), flat(out_c, "output"))
+    leaves_r, leaves_c = flat(out_r, "output"), flat(out_c, "output")
+    result = settings.compare(leaves_r, leaves_c)
     needing = [
-        [path for path, leaf in flatten(out, "output") if isinstance(leaf, torch.Tensor) and leaf.requires_grad]
-        for out in (out_r, out_c)
+        [path for path, leaf in leaves.items() if isinstance(leaf, torch.Tensor) and leaf.requires_grad]
+        for leaves in (leaves_r, leaves_c)
     ]
     if needing[0] == needing[1]:
         return row(name, result)
