@@ -106,13 +106,13 @@ class TransformEmitter:
         """
         tracer = self._tracer
         if isinstance(thing, nn.Module):
-            return tracer.create_proxy("call_module", join_path(path, transform), (value,), {}), "module"
+            return self._call(path, transform, value), "module"
         if thing is identity:
             return value, "inlined"
         known = self._traces.get(id(thing))
         if known is not None and known.fn is thing and isinstance(value, torch.fx.Proxy):
             if known.template is None:
-                return self._opaque(path, transform, value)
+                return self._call(path, transform, value), "opaque"
             return known.replay(tracer, value), "inlined"
         mark = tracer.mark()
         try:
@@ -123,14 +123,16 @@ class TransformEmitter:
             tracer.rollback(mark)
             if isinstance(value, torch.fx.Proxy):
                 self._traces[id(thing)] = TransformTrace(thing, None)
-            return self._opaque(path, transform, value)
+            return self._call(path, transform, value), "opaque"
         template = TransformTrace.record(tracer, mark, value, out)
         if template is not None:
             self._traces[id(thing)] = TransformTrace(thing, template)
         return out, "inlined"
 
-    def _opaque(self, path: str, transform: str, value: Any) -> tuple[Any, How]:
-        return self._tracer.create_proxy("call_module", join_path(path, transform), (value,), {}), "opaque"
+    def _call(self, path: str, transform: str, value: Any) -> Any:
+        """One ``call_module`` of the module at ``<path>.<transform>`` (a transform module, or the
+        :class:`~fxpass.ops.Opaque` the tracer installs there after tracing)."""
+        return self._tracer.create_proxy("call_module", join_path(path, transform), (value,), {})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,8 +143,8 @@ class TransformTrace:
     transform applied to a hundred weights is traced once and its nodes copied 99 times. Only a
     trace that depends on nothing but its input is kept: one that added to the tracer's record
     (read other patched tensors, kept a call, inlined an activation), or returned anything but a
-    proxy, is traced anew each time, so the record lists every read. ``template`` is None for a function
-    that could not be traced (it is opaque at every read).
+    proxy, is traced anew each time, so the record lists every read. ``template`` is None for a
+    function that could not be traced (it is opaque at every read).
     """
 
     fn: Callable[..., Any]
