@@ -114,8 +114,8 @@ def _hook_containers(namespace: dict[str, Any]) -> Iterable[dict[Any, Any]]:
 
 def _rebind_hooks(shell: nn.Module, namespace: dict[str, Any], module: nn.Module) -> None:
     """Point hooks that receive their module, or are bound methods of it, at the shell, and make
-    hook functions pickle cannot save by name (local ones, lambdas) pickleable, so the compiled model pickles wherever the runtime one needed
-    only state_dict."""
+    hook functions pickle cannot save by name (local ones, lambdas) pickleable, so the compiled
+    model pickles wherever the runtime one needed only state_dict."""
     for hooks in _hook_containers(namespace):
         for key, hook in hooks.items():
             if isinstance(hook, _WrappedHook):

@@ -24,6 +24,7 @@ import torch.nn as nn
 from torch.nn.utils import parametrize as _parametrize
 
 from fxpass.errors import CachedInsideTrace as _CachedInsideTrace
+from fxpass.comparison import listing
 from fxpass.errors import FxpassError, ReadsModeError, UnsupportedPatchError, UntraceableModelError
 from fxpass._common import join_path, tensor_names, where
 from fxpass._provenance import Provenance
@@ -390,9 +391,8 @@ class PatchTracer(torch.fx.Tracer):
             self._scopes[-1].mode_writes[id(module)] = module
 
     def _named(self, modules: dict[int, nn.Module]) -> str:
-        """The paths of ``modules`` for a message (the first few)."""
-        paths = [self.tree.paths.get(key, type(m).__name__) or "the model" for key, m in modules.items()]
-        return ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+        """The paths of ``modules`` for a message."""
+        return listing([self.tree.paths.get(key, type(m).__name__) or "the model" for key, m in modules.items()])
 
     def read_patched(self, shell: nn.Module, attribute: str) -> Any:
         """Emit the nodes computing ``shell.<attribute>`` as the runtime patch would."""
@@ -439,9 +439,10 @@ class PatchTracer(torch.fx.Tracer):
             return
         reason = "its forward enters parametrize.cached()"
         raise _CachedInsideTrace(
-            f"{where(entered.path, entered.module)}: {reason} and reads the parametrized {patched.path or 'model'} inside it; a "
-            "graph would evaluate the parametrization at every read; compile with scope='module', "
-            "or enter parametrize.cached() around the call of the model instead",
+            f"{where(entered.path, entered.module)}: {reason} and reads the parametrized "
+            f"{patched.path or 'model'} inside it; a graph would evaluate the parametrization at every "
+            "read; compile with scope='module', or enter parametrize.cached() around the call of the "
+            "model instead",
             entered.module,
         ).because(reason)
 
