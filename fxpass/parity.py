@@ -246,8 +246,8 @@ def side_by_side(
     name = _model_name(reference)
     if not isinstance(candidate, nn.Module):
         raise InvalidModelError(f"side_by_side({name}): the candidate must be an nn.Module, got {type(candidate).__name__}")
-    sequence = _check_modes(modes)
-    _check_tolerances(atol, rtol)
+    sequence = _check_modes(modes, "side_by_side")
+    _check_tolerances(atol, rtol, "side_by_side")
     shared = _shared_tensors(reference, candidate)
     if shared:
         raise InvalidModelError(
@@ -471,22 +471,22 @@ def _model_name(model: Any) -> str:
     return type(model).__name__
 
 
-def _check_modes(modes: Sequence[str]) -> tuple[str, ...]:
+def _check_modes(modes: Sequence[str], caller: str = "check") -> tuple[str, ...]:
     if isinstance(modes, str):
         modes = (modes,)
     modes = tuple(modes)
     unknown = [m for m in modes if m not in MODES]
     if unknown or not modes:
         raise ParityArgumentError(
-            f"check: modes must be a non-empty sequence of {', '.join(MODES)}; got {modes!r}"
+            f"{caller}: modes must be a non-empty sequence of {', '.join(MODES)}; got {modes!r}"
         )
     return modes
 
 
-def _check_tolerances(atol: float, rtol: float) -> None:
+def _check_tolerances(atol: float, rtol: float, caller: str = "check") -> None:
     for label, value in (("atol", atol), ("rtol", rtol)):
         if not isinstance(value, (int, float)) or not value >= 0:
-            raise ParityArgumentError(f"check: {label} must be a number >= 0, got {value!r}")
+            raise ParityArgumentError(f"{caller}: {label} must be a number >= 0, got {value!r}")
 
 
 def _check_arguments(

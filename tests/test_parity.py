@@ -387,8 +387,10 @@ def test_side_by_side_refuses_models_that_share_tensors() -> None:
 def test_side_by_side_refuses_bad_arguments() -> None:
     with pytest.raises(InvalidModelError, match="side_by_side\\(Net\\): the candidate must be an nn.Module"):
         side_by_side(Net(), lambda m: m, inputs())  # type: ignore[arg-type]
-    with pytest.raises(ParityArgumentError, match="modes"):
+    with pytest.raises(ParityArgumentError, match="^side_by_side: modes must be"):
         side_by_side(Net(), Net(), inputs(), modes=("train", "test"))
+    with pytest.raises(ParityArgumentError, match="^side_by_side: atol must be"):
+        side_by_side(Net(), Net(), inputs(), atol=-1)
     with pytest.raises(ExampleInputsError):
         side_by_side(Net(), Net(), (torch.randn(2, 7),))
 
