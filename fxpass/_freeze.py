@@ -9,13 +9,13 @@ import torch
 import torch.fx
 import torch.nn as nn
 
-from fxpass.errors import FreezeError, InvalidModelError, UntraceableModelError
-from fxpass.compiled import INSTANCE_ATTRIBUTES, PRESERVED, CompiledGraphModule
-from fxpass.ops import call_with_overrides
 from fxpass._common import join_path, owner_of, where
+from fxpass._rewrite import compile
+from fxpass.compiled import INSTANCE_ATTRIBUTES, PRESERVED, CompiledGraphModule
+from fxpass.errors import FreezeError, InvalidModelError, UntraceableModelError
+from fxpass.ops import call_with_overrides
 from fxpass.reading import PLAN, read_value, remove_eager_forward, undress
 from fxpass.record import RECORD_ATTRIBUTE, Rewrite, find_record, record_of, scope_record
-from fxpass._rewrite import compile
 
 __all__ = ["freeze"]
 

@@ -11,7 +11,10 @@ import torch.fx
 import torch.nn as nn
 
 from fxpass._codegen import ENTRY_ATTRIBUTE, GRAPH_MODE_ATTRIBUTE, MODES_ATTRIBUTE
-from fxpass.errors import EntryGuardError, InvalidModelError, ReadsModeError, UntraceableModelError
+from fxpass._common import join_path
+from fxpass._patches import find_patch_stack
+from fxpass._shells import build_shells, has_patch, remap_references, shell_of
+from fxpass._tracer import PatchTracer
 from fxpass.compiled import (
     CODE_STYLES,
     INSTANCE_ATTRIBUTES,
@@ -21,9 +24,7 @@ from fxpass.compiled import (
     ModeGraphs,
     use_fx_code,
 )
-from fxpass._common import join_path
-from fxpass.saved import LoadTracer
-from fxpass._patches import find_patch_stack
+from fxpass.errors import EntryGuardError, InvalidModelError, ReadsModeError, UntraceableModelError
 from fxpass.reading import install_eager_forward
 from fxpass.record import (
     RECORD_ATTRIBUTE,
@@ -33,8 +34,7 @@ from fxpass.record import (
     ScopeRecord,
     find_record,
 )
-from fxpass._shells import build_shells, has_patch, remap_references, shell_of
-from fxpass._tracer import PatchTracer
+from fxpass.saved import LoadTracer
 
 __all__ = ["compile", "records"]
 

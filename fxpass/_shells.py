@@ -20,10 +20,10 @@ import torch.nn as nn
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.modules.module import _WrappedHook
 
-from fxpass.errors import InvalidModelError, UnsupportedPatchError
-from fxpass.ops import ByValue, picklable_by_reference
 from fxpass._common import join_path, where
 from fxpass._patches import PatchStack, find_patch_stack
+from fxpass.errors import InvalidModelError, UnsupportedPatchError
+from fxpass.ops import ByValue, picklable_by_reference
 from fxpass.reading import PLAN, ReadLayer, ReadPlan, class_defined, reading_class
 
 __all__ = [

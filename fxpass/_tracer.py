@@ -23,16 +23,16 @@ import torch.fx
 import torch.nn as nn
 from torch.nn.utils import parametrize as _parametrize
 
-from fxpass.errors import CachedInsideTrace as _CachedInsideTrace
-from fxpass.comparison import listing
-from fxpass.errors import FxpassError, ReadsModeError, UnsupportedPatchError, UntraceableModelError
 from fxpass._common import join_path, tensor_names, where
 from fxpass._provenance import Provenance
+from fxpass._shells import Patched, ShellTree, keep_reads
+from fxpass._transforms import TransformEmitter, describe, refuse_autograd_functions
+from fxpass.comparison import listing
+from fxpass.errors import CachedInsideTrace as _CachedInsideTrace
+from fxpass.errors import FxpassError, ReadsModeError, UnsupportedPatchError, UntraceableModelError
 from fxpass.ops import Opaque, parametrized
 from fxpass.reading import install_eager_forward
 from fxpass.record import KeptCall, Rewrite
-from fxpass._shells import Patched, ShellTree, keep_reads
-from fxpass._transforms import TransformEmitter, describe, refuse_autograd_functions
 
 __all__ = ["ACTIVATIONS", "PatchTracer"]
 

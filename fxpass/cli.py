@@ -53,11 +53,11 @@ from fxpass._cli_export import (
     writable,
 )
 from fxpass._cli_parity import parity_row, print_table
-from fxpass.errors import CommandError, FxpassError
 from fxpass._freeze import freeze, frozen_tensors
+from fxpass._rewrite import compile, records
+from fxpass.errors import CommandError, FxpassError
 from fxpass.parity import check
 from fxpass.record import CompileRecord, record_totals, scope_record
-from fxpass._rewrite import compile, records
 
 __all__ = ["load_factory", "main"]
 

@@ -27,8 +27,8 @@ import torch.fx
 import torch.nn as nn
 
 from fxpass import reading
-from fxpass._common import moved_names, where
 from fxpass._codegen import ENTRY_ATTRIBUTE, FX_FORWARD, GRAPH_MODE_ATTRIBUTE, MODES_ATTRIBUTE, fx_forward, walk_code
+from fxpass._common import moved_names, where
 from fxpass.errors import NotScriptableError, UntraceableModelError
 from fxpass.record import RECORD_ATTRIBUTE
 from fxpass.saved import GENERATED, NODES, ClassByValue, NodeList, Preserved, check_transform_modules_pickle

@@ -24,13 +24,13 @@ import torch
 from torch import nn
 
 from fxpass import _probes
+from fxpass._rewrite import compile as fxpass_compile
+from fxpass._rewrite import records
 from fxpass._trajectory import LossFn, OptimizerFactory, Settings, Trajectory, rng_restored, train
 from fxpass.comparison import error_text, flatten, listing
 from fxpass.errors import ExampleInputsError, InvalidModelError, ParityArgumentError
 from fxpass.parity_report import ParityReport, ParityRow
 from fxpass.record import CompileRecord, record_totals, scope_record
-from fxpass._rewrite import compile as fxpass_compile
-from fxpass._rewrite import records
 
 __all__ = [
     "MODES",

@@ -11,11 +11,11 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 
 import fxpass
-from fxpass.errors import InvalidModelError, UnsupportedPatchError
 from fxpass._common import join_path
 from fxpass._patches import Layer, find_patch_stack
-from fxpass.reading import PLAN, is_reading_class
 from fxpass._shells import Patched, build_shells, has_patch, is_default_leaf, keep_reads, shell_of
+from fxpass.errors import InvalidModelError, UnsupportedPatchError
+from fxpass.reading import PLAN, is_reading_class
 from imitation_runtime import identity, imitate
 from tests.support import Counting, assert_same_snapshot, halve, snapshot
 

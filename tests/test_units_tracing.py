@@ -11,11 +11,11 @@ import torch.fx
 import torch.nn as nn
 
 import fxpass
-from fxpass.ops import Opaque
-from fxpass.record import KeptCall, Rewrite
 from fxpass._shells import build_shells
 from fxpass._tracer import PatchTracer
 from fxpass._transforms import TransformEmitter
+from fxpass.ops import Opaque
+from fxpass.record import KeptCall, Rewrite
 from imitation_runtime import imitate
 from imitation_runtime.patch import identity
 
